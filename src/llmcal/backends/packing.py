@@ -1,0 +1,85 @@
+"""Pack a question and its options into one sequence with a tree attention mask.
+
+The shared question prefix is computed once; every option continues from the
+prefix's keys and values (the KV cache of the prefix), in the same forward
+pass.  Option ``o``'s tokens attend to the whole prefix and to the earlier
+tokens of option ``o`` only, and their position ids continue from the prefix
+end, so each option sees exactly the sequence ``prefix + option`` it would
+see alone (lm-eval's ``context_enc + continuation_enc``) without recomputing
+the prefix once per option.  This is the "tree attention" of speculative
+decoding (Miao et al. 2024, SpecInfer) applied to scoring.
+
+The last token of an option is never an input (nothing is predicted after
+it), and the first token of every option is predicted from the prefix's last
+position, so an option of ``L`` tokens adds ``L - 1`` positions.  One-token
+options (the letters of lettered prompts) add none: their log-probabilities
+all come from one row of logits.
+
+Pure numpy; the backend turns the result into tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class PackedItem:
+    input_ids: np.ndarray  # (T,) int64
+    position_ids: np.ndarray  # (T,) int64
+    branch: np.ndarray  # (T,) int64: 0 = prefix, o + 1 = option o
+    # For every option token: the row whose logits predict it, and its id.
+    target_rows: list[np.ndarray]  # k arrays of shape (L_o,)
+    target_ids: list[np.ndarray]  # k arrays of shape (L_o,)
+    prefix_last: int  # row of the last prefix token
+
+
+def pack_item(context_ids: list[int], continuation_ids: list[list[int]]) -> PackedItem:
+    """Lay out ``context + every continuation`` as one tree-shaped sequence."""
+    if not context_ids:
+        raise ValueError("context_ids is empty: a continuation needs a context to follow")
+    if any(len(c) == 0 for c in continuation_ids):
+        raise ValueError("a continuation tokenized to zero tokens")
+    n_prefix = len(context_ids)
+    ids = list(context_ids)
+    pos = list(range(n_prefix))
+    branch = [0] * n_prefix
+    rows: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    for o, cont in enumerate(continuation_ids):
+        start = len(ids)
+        inputs = cont[:-1]
+        ids.extend(inputs)
+        pos.extend(range(n_prefix, n_prefix + len(inputs)))
+        branch.extend([o + 1] * len(inputs))
+        # token j of the option is predicted at: prefix end (j = 0), else at input j - 1
+        rows.append(np.array([n_prefix - 1] + list(range(start, start + len(inputs))), dtype=np.int64))
+        targets.append(np.asarray(cont, dtype=np.int64))
+    return PackedItem(
+        input_ids=np.asarray(ids, dtype=np.int64),
+        position_ids=np.asarray(pos, dtype=np.int64),
+        branch=np.asarray(branch, dtype=np.int64),
+        target_rows=rows,
+        target_ids=targets,
+        prefix_last=n_prefix - 1,
+    )
+
+
+def tree_mask(branch: np.ndarray, length: int) -> np.ndarray:
+    """Boolean (length, length) mask, True = may attend.
+
+    Query ``q`` sees key ``k`` when ``k <= q`` and ``k`` is in the prefix or in
+    the same option as ``q``.  Rows past ``len(branch)`` (padding) see only
+    themselves, so no row is fully masked (which would give NaN in softmax).
+    """
+    n = len(branch)
+    mask = np.zeros((length, length), dtype=bool)
+    q = np.arange(n)[:, None]
+    k = np.arange(n)[None, :]
+    same = (branch[None, :] == 0) | (branch[None, :] == branch[:, None])
+    mask[:n, :n] = (k <= q) & same
+    pad = np.arange(n, length)
+    mask[pad, pad] = True
+    return mask

@@ -1,0 +1,230 @@
+"""The subcommands behind ``llmcal``; each validates its input before any expensive work."""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import re
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from llmcal import __version__
+from llmcal.records.run_dir import SCHEMA_VERSION, RunDir
+
+# What makes a run folder "the same run" (resuming with another value is refused).
+IDENTITY_KEYS = ("model", "model_args", "tasks", "limit", "style", "chat", "dtype", "hidden_layers")
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-")[:80] or "run"
+
+
+def _model_config(args: argparse.Namespace) -> dict[str, Any]:
+    from llmcal.backends.model_args import parse_model_args
+
+    margs = parse_model_args(args.model_args)
+    if args.dtype:
+        margs["dtype"] = args.dtype
+    margs.setdefault("dtype", "float32")
+    from llmcal.backends.hf import _DTYPES
+
+    if str(margs["dtype"]).lower() not in _DTYPES:
+        raise ValueError(f"dtype: unknown {margs['dtype']!r}; use float32 or bfloat16")
+    return margs
+
+
+def _hidden_layers(spec: str, n_layers: int | None = None) -> list[str]:
+    out = []
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        if part not in ("mid", "last") and not re.fullmatch(r"-?\d+", part):
+            raise ValueError(f"--hidden_layers: {part!r} is not a layer index, 'mid' or 'last'")
+        out.append(part)
+    return out
+
+
+def _resolve_layers(spec: list[str], n_layers: int) -> list[int]:
+    out = []
+    for part in spec:
+        idx = n_layers // 2 if part == "mid" else -1 if part == "last" else int(part)
+        if not -(n_layers + 1) <= idx <= n_layers:
+            raise ValueError(f"--hidden_layers: {idx} is outside 0..{n_layers}")
+        out.append(idx)
+    return out
+
+
+def _load_items(args: argparse.Namespace):
+    from llmcal.tasks.registry import load_task
+
+    items = []
+    for spec in [t.strip() for t in args.tasks.split(",") if t.strip()]:
+        items.extend(load_task(spec, data_dir=args.data_dir, limit=args.limit))
+    if not items:
+        raise ValueError(f"--tasks {args.tasks!r}: no items to score")
+    ids = [it.id for it in items]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"--tasks {args.tasks!r}: the same item appears twice (a task listed twice?)")
+    return items
+
+
+def _run_config(args: argparse.Namespace, margs: dict[str, Any]) -> dict[str, Any]:
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    pretrained = margs.get("pretrained") or "embedded"
+    name = _slug(f"{Path(str(pretrained)).name}-{'+'.join(Path(t).stem for t in tasks)}-{args.style}"
+                 f"{'-chat' if args.chat else ''}-{margs['dtype']}" + (f"-n{args.limit}" if args.limit else ""))
+    return {
+        "name": name,
+        "model": args.model,
+        "model_args": {k: v for k, v in sorted(margs.items()) if k not in ("batch_size",)},
+        "tasks": tasks,
+        "limit": args.limit,
+        "style": args.style,
+        "chat": bool(args.chat),
+        "dtype": str(margs["dtype"]),
+        "hidden_layers": _hidden_layers(args.hidden_layers),
+        "max_tokens": args.max_tokens,
+        "data_dir": args.data_dir,
+    }
+
+
+def _measure(args: argparse.Namespace) -> RunDir:
+    from llmcal.pipeline.measure import measure
+
+    margs = _model_config(args)
+    config = _run_config(args, margs)
+    items = _load_items(args)  # every item validated before the model is loaded
+    run = RunDir(args.output_path or Path("runs") / config["name"])
+    resumed = run.start(config, IDENTITY_KEYS, overwrite=args.overwrite)
+    quiet = getattr(args, "quiet", False)
+
+    def factory():
+        from llmcal.backends.hf import HFBackend
+
+        if not quiet:
+            print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
+                  f"({margs['dtype']}) ...", flush=True)
+        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+        backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+        backend.hidden_layers = tuple(_resolve_layers(config["hidden_layers"], backend.n_layers))
+        meta = run.config()
+        meta["model_desc"] = backend.model_name
+        meta["backend"] = backend.describe()
+        run.config_path.write_text(__import__("json").dumps(meta, indent=2, sort_keys=True))
+        return backend
+
+    if resumed and not quiet:
+        print(f"resuming {run.path}", flush=True)
+    start = time.perf_counter()
+    n_new = measure(run, items, factory, style=args.style, chat=args.chat, progress=not quiet)
+    if not quiet:
+        took = time.perf_counter() - start
+        print(f"scored {n_new} new items in {took:.1f} s ({len(items)} in the run)", flush=True)
+    return run
+
+
+def _git_hash() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _versions() -> dict[str, Any]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, Any] = {"llmcal": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "scipy", "scikit-learn", "torch", "transformers"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = None
+    return out
+
+
+def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
+    from llmcal.calibrators import CALIBRATORS
+    from llmcal.pipeline.evaluate import evaluate
+
+    names = [c.strip() for c in args.calibrators.split(",") if c.strip()]
+    for c in names:
+        if c not in CALIBRATORS:
+            raise ValueError(f"--calibrators: unknown {c!r}; known: {', '.join(sorted(CALIBRATORS))}")
+    if not 0.0 <= args.threshold <= 1.0:
+        raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
+    config = run.config()
+    samples = run.read_samples()
+    results, fitted = evaluate(samples, calibrators=names, cal_fraction=args.cal_fraction, seed=args.seed,
+                               n_bins=args.n_bins, threshold=args.threshold, n_bootstrap=args.bootstrap)
+    payload = {
+        "schema_version": SCHEMA_VERSION,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "config": config,
+        "calibration_config": {"calibrators": names, "cal_fraction": args.cal_fraction, "seed": args.seed,
+                               "threshold": args.threshold, "n_bins": args.n_bins, "bootstrap": args.bootstrap},
+        "versions": _versions(),
+        "git_hash": _git_hash(),
+        **results,
+    }
+    run.write_json(run.results_path, payload)
+    run.write_json(run.calibration_path, {
+        "schema_version": SCHEMA_VERSION, "signal": results["primary"]["signal"],
+        "primary": results["primary"]["calibrator"], "threshold": args.threshold,
+        "style": config.get("style"), "chat": config.get("chat"), "model_args": config.get("model_args"),
+        "calibrators": fitted,
+    })
+    if not getattr(args, "quiet", False):
+        from llmcal.report.terminal import print_summary
+
+        print_summary(payload, str(run.path))
+    return payload
+
+
+def _report(run: RunDir) -> Path:
+    import json
+
+    from llmcal.report.html import render_html
+
+    if not run.results_path.exists():
+        raise FileNotFoundError(f"{run.results_path}: not found; run `llmcal calibrate {run.path}` first")
+    results = json.loads(run.results_path.read_text())
+    run.report_path.write_text(render_html(results, results.get("config", {})), encoding="utf-8")
+    return run.report_path
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    run = _measure(args)
+    _calibrate(run, args)
+    if not args.no_report:
+        path = _report(run)
+        if not args.quiet:
+            print(f"report: {path}")
+    return 0
+
+
+def cmd_measure(args: argparse.Namespace) -> int:
+    _measure(args)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    _calibrate(RunDir(args.run_dir), args)
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    print(_report(RunDir(args.run_dir)))
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace) -> int:
+    from llmcal.tasks.registry import available_tasks
+
+    for name in available_tasks():
+        print(name)
+    return 0

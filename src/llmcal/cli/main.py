@@ -1,0 +1,109 @@
+"""The ``llmcal`` command: one console script, one subcommand a pipeline step.
+
+``llmcal run`` does measure -> calibrate -> report; ``measure``, ``calibrate``
+and ``report`` do one step each on a run folder.  Arguments follow
+lm-evaluation-harness where it has one (``--model``, ``--model_args``,
+``--tasks``, ``--limit``, ``--batch_size``, ``--output_path``).  Nothing heavy
+is imported before a subcommand needs it, so ``llmcal --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from llmcal import __version__
+
+
+def _add_measure_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument("--model", default="hf", choices=["hf"],
+                   help="backend (default: hf, transformers)")
+    g.add_argument("--model_args", "--model-args", default="",
+                   help="lm-eval style: pretrained=NAME_OR_DIR,gguf_file=F,dtype=float32|bfloat16,revision=R. "
+                        "Empty = the embedded SmolLM2-135M-Instruct.")
+    g.add_argument("--tasks", default="builtin",
+                   help="comma-separated task names or .jsonl/.csv paths (default: builtin; see `llmcal tasks`)")
+    g.add_argument("--data_dir", "--data-dir", default=None,
+                   help="folder with the public evaluation sets (default: $LLMCAL_DATA or ../shared/data)")
+    g.add_argument("--limit", type=int, default=None, help="first N items of each task")
+    g.add_argument("--style", default="cloze", choices=["cloze", "letters"], help="prompt style (default: cloze)")
+    g.add_argument("--chat", action="store_true", help="wrap prompts in the model's chat template")
+    g.add_argument("--dtype", default=None, help="float32 (default) or bfloat16; overrides model_args")
+    g.add_argument("--batch_size", "--batch-size", default=None,
+                   help="accepted for lm-eval compatibility; llmcal packs batches by --max_tokens")
+    g.add_argument("--max_tokens", "--max-tokens", type=int, default=2048, help="tokens per forward pass")
+    g.add_argument("--hidden_layers", "--hidden-layers", default="-1,mid",
+                   help="hidden-state layers kept for the probe (indices, 'mid', 'last'; default -1,mid)")
+    o = p.add_argument_group("output")
+    o.add_argument("--output_path", "--output-path", default=None,
+                   help="run folder (default: runs/<derived from model, tasks, style, dtype, limit>)")
+    o.add_argument("--overwrite", action="store_true", help="discard an earlier run in the folder")
+    o.add_argument("--log_samples", "--log-samples", action="store_true",
+                   help="accepted for lm-eval compatibility: samples are always logged")
+    o.add_argument("--quiet", action="store_true", help="no progress bar or summary table")
+
+
+def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calibrators", default="temperature",
+                   help="comma-separated: temperature,platt,isotonic,histogram,beta (default: temperature)")
+    g.add_argument("--cal_fraction", "--cal-fraction", type=float, default=0.5,
+                   help="fraction of items used to fit (default 0.5)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--threshold", type=float, default=0.75, help="confidence filter (default 0.75, the brief's)")
+    g.add_argument("--n_bins", "--n-bins", type=int, default=15)
+    g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0 = none)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="llmcal",
+        description="When the model says it is sure, is it right? Measure, calibrate and report "
+                    "the confidence of a language model.",
+    )
+    parser.add_argument("--version", action="version", version=f"llmcal {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="measure, calibrate and report (the main job)")
+    _add_measure_args(p)
+    _add_calibrate_args(p)
+    p.add_argument("--no_report", "--no-report", action="store_true", help="skip report.html")
+
+    p = sub.add_parser("measure", help="score the items and record every signal")
+    _add_measure_args(p)
+
+    p = sub.add_parser("calibrate", help="fit calibrators on a run folder and compute metrics")
+    p.add_argument("run_dir")
+    _add_calibrate_args(p)
+    p.add_argument("--quiet", action="store_true")
+
+    p = sub.add_parser("report", help="write report.html of a calibrated run folder")
+    p.add_argument("run_dir")
+
+    p = sub.add_parser("tasks", help="list the task names")
+    p.add_argument("--data_dir", "--data-dir", default=None)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    from llmcal.cli import commands
+
+    try:
+        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished items are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError) as err:
+        print(f"llmcal {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

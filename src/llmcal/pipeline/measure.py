@@ -1,0 +1,110 @@
+"""Step 1 of a run: score every item, compute its signals, append its record.
+
+Items already in ``samples.jsonl`` are skipped, so an interrupted run resumes
+where it stopped.  The backend is built lazily by a factory: a run whose
+items are all done never loads the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from llmcal.records.run_dir import RunDir
+from llmcal.signals.mc import mc_signals
+from llmcal.tasks.item import MCItem
+from llmcal.tasks.prompts import build_request, normalization_lengths
+
+
+def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int | None) -> dict[str, Any]:
+    """One line of ``samples.jsonl``: everything known about one answered item."""
+    pred, signals = mc_signals(score.logprobs, score.n_tokens)
+    nchars = normalization_lengths(item, style)
+    pred_norm = int(np.argmax(score.logprobs / np.asarray(nchars, dtype=np.float64)))
+    rec: dict[str, Any] = {
+        "id": item.id,
+        "task": item.task,
+        "prompt": context,
+        "question": item.question,
+        "choices": list(item.choices),
+        "reference": item.answer,
+        "reference_text": item.choices[item.answer],
+        "prediction": pred,
+        "prediction_text": item.choices[pred],
+        "correct": bool(pred == item.answer),
+        "prediction_norm": pred_norm,
+        "correct_norm": bool(pred_norm == item.answer),
+        "option_logprobs": [float(x) for x in score.logprobs],
+        "option_ntokens": [int(x) for x in score.n_tokens],
+        "option_nchars": nchars,
+        "option_is_greedy": [bool(x) for x in score.is_greedy],
+        "signals": signals,
+        "meta": item.meta,
+    }
+    if hidden_row is not None:
+        rec["hidden_row"] = hidden_row
+    return rec
+
+
+def measure(
+    run: RunDir,
+    items: Sequence[MCItem],
+    backend_factory: Callable[[], Any],
+    style: str = "cloze",
+    chat: bool = False,
+    chunk: int = 64,
+    progress: bool = True,
+) -> int:
+    """Score the items not yet recorded; return how many were scored now."""
+    done = {s["id"] for s in run.repair()}
+    n_done = len(done)
+    todo = [it for it in items if it.id not in done]
+    if not todo:
+        return 0
+    backend = backend_factory()
+    chat_template = backend.apply_chat_template if chat else None
+    bar = _progress(progress, total=len(items), done=n_done, label="scoring")
+    try:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start: start + chunk]
+            requests = [build_request(it, style, chat_template) for it in batch]
+            scores = backend.score_mc(requests, progress=bar.advance)
+            hidden = None
+            if scores and scores[0].hidden is not None:
+                hidden = np.stack([s.hidden for s in scores])  # (batch, n_layers_kept, hidden)
+            records = [
+                sample_record(it, req.context, sc, style, n_done + i if hidden is not None else None)
+                for i, (it, req, sc) in enumerate(zip(batch, requests, scores))
+            ]
+            run.append(records, hidden)
+            n_done += len(batch)
+    finally:
+        bar.close()
+    return len(todo)
+
+
+class _progress:
+    """A rich progress bar when asked for and rich is installed; else silent."""
+
+    def __init__(self, enabled: bool, total: int, done: int, label: str) -> None:
+        self._p = None
+        if not enabled:
+            return
+        try:
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+        except ImportError:  # pragma: no cover - rich is a core extra
+            return
+        self._p = Progress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
+                           TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        self._p.start()
+        self._task = self._p.add_task(label, total=total, completed=done)
+
+    def advance(self, n: int) -> None:
+        if self._p is not None:
+            self._p.advance(self._task, n)
+
+    def close(self) -> None:
+        if self._p is not None:
+            self._p.stop()

@@ -1,0 +1,36 @@
+"""Shared fixtures: the public data folder (skip where absent) and the embedded model (loaded once)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    env = os.environ.get("LLMCAL_DATA")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    d = shared_data_dir()
+    if d is None:
+        pytest.skip("the public evaluation sets (../shared/data or $LLMCAL_DATA) are absent on this machine")
+    return d
+
+
+@pytest.fixture(scope="session")
+def embedded_backend():
+    """The real embedded SmolLM2-135M-Instruct in fp32, loaded once per session."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from llmcal.backends.hf import HFBackend
+
+    return HFBackend.load(dtype="float32", hidden_layers=(15, -1))

@@ -1,0 +1,76 @@
+"""Run folders survive a crash at any byte and refuse to mix two different runs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from llmcal.records.run_dir import RunDir, RunDirError
+
+
+def _rec(i: int) -> dict:
+    return {"id": f"t-{i}", "task": "t", "hidden_row": i, "correct": bool(i % 2)}
+
+
+def test_append_and_read_round_trip(tmp_path):
+    run = RunDir(tmp_path / "r")
+    assert run.start({"model": "m"}, ["model"]) is False
+    h = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
+    run.append([_rec(0), _rec(1)], h)
+    assert [s["id"] for s in run.read_samples()] == ["t-0", "t-1"]
+    np.testing.assert_array_equal(run.load_hidden(), h)
+
+
+def test_torn_last_line_and_extra_hidden_rows_are_dropped(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "m"}, ["model"])
+    run.append([_rec(0)], np.zeros((1, 2, 3), np.float32))
+    # a crash after the hidden rows of the next batch and half a sample line
+    with open(run.hidden_path, "ab") as f:
+        f.write(np.ones((2, 2, 3), np.float32).tobytes())
+    with open(run.samples_path, "a") as f:
+        f.write(json.dumps(_rec(1))[:10])
+    samples = run.repair()
+    assert [s["id"] for s in samples] == ["t-0"]
+    assert run.hidden_path.stat().st_size == 1 * 2 * 3 * 4
+    assert run.samples_path.read_text().count("\n") == 1
+    # the next batch continues cleanly
+    run.append([_rec(1)], np.full((1, 2, 3), 7, np.float32))
+    assert [s["id"] for s in run.read_samples()] == ["t-0", "t-1"]
+    assert run.load_hidden()[1].max() == 7
+
+
+def test_complete_json_without_newline_counts_as_torn(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({}, [])
+    run.samples_path.write_text(json.dumps(_rec(0)) + "\n" + json.dumps(_rec(1)))
+    assert [s["id"] for s in run.repair()] == ["t-0"]
+
+
+def test_corrupt_middle_line_names_the_line(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({}, [])
+    run.samples_path.write_text(json.dumps(_rec(0)) + "\n{oops\n" + json.dumps(_rec(2)) + "\n")
+    with pytest.raises(RunDirError, match="line 2"):
+        run.repair()
+
+
+def test_different_run_in_same_folder_is_refused(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "a", "tasks": ["x"]}, ["model", "tasks"])
+    with pytest.raises(RunDirError, match="'tasks'"):
+        run.start({"model": "a", "tasks": ["y"]}, ["model", "tasks"])
+    # --overwrite starts over
+    run.append([_rec(0)], None)
+    assert run.start({"model": "a", "tasks": ["y"]}, ["model", "tasks"], overwrite=True) is False
+    assert not run.samples_path.exists()
+
+
+def test_duplicate_ids_are_reported(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({}, [])
+    run.append([_rec(0), _rec(0)], None)
+    with pytest.raises(RunDirError, match="duplicate"):
+        run.read_samples()
