@@ -148,6 +148,7 @@ def _versions() -> dict[str, Any]:
 
 
 def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
+    config = run.config()
     from llmcal.calibrators import CALIBRATORS
     from llmcal.pipeline.evaluate import evaluate
 
@@ -157,7 +158,6 @@ def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
             raise ValueError(f"--calibrators: unknown {c!r}; known: {', '.join(sorted(CALIBRATORS))}")
     if not 0.0 <= args.threshold <= 1.0:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
-    config = run.config()
     samples = run.read_samples()
     results, fitted = evaluate(samples, calibrators=names, cal_fraction=args.cal_fraction, seed=args.seed,
                                n_bins=args.n_bins, threshold=args.threshold, n_bootstrap=args.bootstrap)

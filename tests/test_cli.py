@@ -1,0 +1,53 @@
+"""The command line: fast help, clear errors naming the argument."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from llmcal.backends.model_args import parse_model_args
+from llmcal.cli.main import main
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from llmcal.cli.main import build_parser; build_parser().format_help(); "
+            "print('torch' in sys.modules, 'transformers' in sys.modules, 'matplotlib' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False False False"
+
+
+def test_help_lists_subcommands(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for cmd in ("run", "measure", "calibrate", "report", "tasks"):
+        assert cmd in text
+
+
+def test_model_args_parsing():
+    assert parse_model_args("pretrained=a/b,dtype=bfloat16,trust_remote_code=True,max_tokens=512") == {
+        "pretrained": "a/b", "dtype": "bfloat16", "trust_remote_code": True, "max_tokens": 512}
+    assert parse_model_args("") == {}
+    with pytest.raises(ValueError, match="unknown key 'pretraind'"):
+        parse_model_args("pretraind=x")
+    with pytest.raises(ValueError, match="key=value"):
+        parse_model_args("pretrained")
+
+
+def test_bad_arguments_exit_2_with_named_field(capsys, tmp_path):
+    assert main(["run", "--model_args", "dtype=float8", "--output_path", str(tmp_path / "r")]) == 2
+    assert "dtype" in capsys.readouterr().err
+    assert main(["run", "--model_args", "oops=1", "--output_path", str(tmp_path / "r")]) == 2
+    assert "oops" in capsys.readouterr().err
+    assert main(["run", "--tasks", "no_such_task", "--output_path", str(tmp_path / "r")]) == 2
+    assert "no_such_task" in capsys.readouterr().err
+    assert main(["run", "--hidden_layers", "top", "--output_path", str(tmp_path / "r")]) == 2
+    assert "--hidden_layers" in capsys.readouterr().err
+
+
+def test_calibrate_missing_run_dir(capsys, tmp_path):
+    assert main(["calibrate", str(tmp_path / "nothing")]) == 2
+    assert "config.json" in capsys.readouterr().err
