@@ -146,7 +146,11 @@ class HFBackend:
             name = EMBEDDED_NAME
         else:
             name = str(pretrained) + (f" ({gguf_file})" if gguf_file else "")
+        import transformers
+
         torch.set_num_threads(max(1, int(os.environ.get("LLMCAL_THREADS", os.cpu_count() or 1))))
+        transformers.logging.set_verbosity_error()  # llmcal shows its own progress
+        transformers.utils.logging.disable_progress_bar()
         kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
         source = str(pretrained)
         if gguf_file:
