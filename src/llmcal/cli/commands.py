@@ -160,13 +160,15 @@ def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"--threshold must be in [0, 1], got {args.threshold}")
     samples = run.read_samples()
     results, fitted = evaluate(samples, calibrators=names, cal_fraction=args.cal_fraction, seed=args.seed,
-                               n_bins=args.n_bins, threshold=args.threshold, n_bootstrap=args.bootstrap)
+                               n_bins=args.n_bins, threshold=args.threshold, n_bootstrap=args.bootstrap,
+                               target_error=args.target_error, risk_delta=args.risk_delta)
     payload = {
         "schema_version": SCHEMA_VERSION,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "config": config,
         "calibration_config": {"calibrators": names, "cal_fraction": args.cal_fraction, "seed": args.seed,
-                               "threshold": args.threshold, "n_bins": args.n_bins, "bootstrap": args.bootstrap},
+                               "threshold": args.threshold, "n_bins": args.n_bins, "bootstrap": args.bootstrap,
+                               "target_error": args.target_error, "risk_delta": args.risk_delta},
         "versions": _versions(),
         "git_hash": _git_hash(),
         **results,

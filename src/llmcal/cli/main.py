@@ -52,6 +52,10 @@ def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
                    help="fraction of items used to fit (default 0.5)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threshold", type=float, default=0.75, help="confidence filter (default 0.75, the brief's)")
+    g.add_argument("--target_error", "--target-error", type=float, default=0.10,
+                   help="error rate among answered questions to guarantee (default 0.10)")
+    g.add_argument("--risk_delta", "--risk-delta", type=float, default=0.05,
+                   help="the guarantee holds with probability 1 - delta (default 0.05)")
     g.add_argument("--n_bins", "--n-bins", type=int, default=15)
     g.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for intervals (0 = none)")
 

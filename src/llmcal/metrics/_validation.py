@@ -56,14 +56,14 @@ def as_confidence(x, name: str = "confidence") -> np.ndarray:
         if np.isinf(lo) or np.isinf(hi):
             raise ValueError(f"{name} contains inf (first at index {_first_bad(np.isinf(a))})")
         i = _first_bad((a < 0.0) | (a > 1.0))
-        raise ValueError(f"{name} must be in [0, 1]; found {a[i]!r} at index {i}")
+        raise ValueError(f"{name} must be in [0, 1]; found {a[i].item()!r} at index {i}")
     if lo == 0.0:
         a = a + 0.0  # -0.0 -> 0.0, so the bit pattern orders like the value
     return a
 
 
 def as_correct(c, name: str = "correct") -> np.ndarray:
-    """A 1-D bool array from 0/1 numbers or bools."""
+    """A 1-D bool array from 0/1 numbers or bools (a bool array is returned as is)."""
     try:
         a = np.asarray(c)
     except Exception as err:
@@ -75,16 +75,16 @@ def as_correct(c, name: str = "correct") -> np.ndarray:
     if a.dtype == bool:
         return a
     if np.issubdtype(a.dtype, np.integer):
-        lo, hi = a.min(), a.max()
-        if lo < 0 or hi > 1:
+        # one pass, no temporary: as unsigned, a negative value is huge, so max <= 1 checks both ends
+        if a.view(np.dtype(f"u{a.dtype.itemsize}")).max() > 1:
             i = _first_bad((a != 0) & (a != 1))
-            raise ValueError(f"{name} must be 0/1 or bool; found {a[i]!r} at index {i}")
+            raise ValueError(f"{name} must be 0/1 or bool; found {a[i].item()!r} at index {i}")
         return a.astype(bool)
     if np.issubdtype(a.dtype, np.floating):
         ok = (a == 0.0) | (a == 1.0)
         if not ok.all():
             i = _first_bad(~ok)
-            what = "NaN" if np.isnan(a[i]) else repr(a[i])
+            what = "NaN" if np.isnan(a[i]) else repr(a[i].item())
             raise ValueError(f"{name} must be 0/1 or bool; found {what} at index {i}")
         return a == 1.0
     raise ValueError(f"{name} must be 0/1 or bool, got dtype {a.dtype}")
@@ -122,12 +122,12 @@ def as_probs(p, name: str = "probs", atol: float = 1e-4) -> np.ndarray:
             i = _first_bad(np.isinf(a))
             raise ValueError(f"{name} contains inf (first at row {i // a.shape[1]})")
         i = _first_bad((a < 0) | (a > 1))
-        raise ValueError(f"{name} must be in [0, 1]; found {a.ravel()[i]!r} at row {i // a.shape[1]}")
+        raise ValueError(f"{name} must be in [0, 1]; found {a.ravel()[i].item()!r} at row {i // a.shape[1]}")
     s = a.sum(axis=1)
     bad = np.abs(s - 1.0) > atol
     if bad.any():
         i = _first_bad(bad)
-        raise ValueError(f"{name} rows must sum to 1; row {i} sums to {s[i]!r}")
+        raise ValueError(f"{name} rows must sum to 1; row {i} sums to {s[i].item()!r}")
     return a
 
 

@@ -41,7 +41,13 @@ from llmcal.metrics._validation import (
     check_strategy,
     confidence_and_correct,
 )
-from llmcal.metrics.binning import BinStats, bin_stats, helm_equal_mass_edges, stats_for_index
+from llmcal.metrics.binning import (
+    BinStats,
+    bin_stats,
+    helm_equal_mass_edges,
+    stats_for_index,
+    uniform_gap_sums,
+)
 
 
 def _gap_error(counts: np.ndarray, sum_conf: np.ndarray, sum_correct: np.ndarray, norm: str) -> float:
@@ -89,7 +95,11 @@ def ece(confidence, correct, n_bins: int = 15, strategy: str = "uniform", norm: 
     bins (see the reference tests).
     """
     check_norm(norm)
+    check_strategy(strategy)
+    n_bins = check_n_bins(n_bins)
     x, c = confidence_and_correct(confidence, correct)
+    if norm == "l1" and strategy == "uniform":  # the hot path: one bincount of (x - correct) per bin
+        return float(np.sum(np.abs(uniform_gap_sums(x, c, n_bins))) / len(x))
     s = bin_stats(x, c, n_bins, strategy)
     return _gap_error(s.counts, s.sum_confidence, s.sum_correct, norm)
 

@@ -36,11 +36,11 @@ from llmcal.metrics._validation import confidence_and_correct
 def sorted_groups(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct confidences ascending, with the number correct and the number of predictions at each.
 
-    ``x`` must be validated float64 in [0, 1] without -0.0, ``c`` bool.  Returns ``(values,
+    ``x`` must be validated float64 in [0, 1] without -0.0, ``c`` bool or 0/1 integers.  Returns ``(values,
     n_correct, n_total)``; ``n_correct`` is int64, ``n_total`` int64.
     """
     key = x.view(np.uint64) << np.uint64(1)
-    key |= c
+    np.bitwise_or(key, c, out=key, dtype=np.uint64, casting="unsafe")
     key.sort()
     vbits = key >> np.uint64(1)
     lab = (key & np.uint64(1)).astype(np.int64)

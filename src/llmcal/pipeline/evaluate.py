@@ -6,7 +6,10 @@ log-likelihoods as multi-class logits (so it can only sharpen or flatten the
 option distribution, never change the answer); the binary calibrators are
 fitted on the raw ``option_prob`` signal.  Every metric is computed on the
 test part before and after, with bootstrap intervals, together with the
-brief's confidence filter (answer only at calibrated confidence >= 0.75).
+brief's confidence filter (answer only at calibrated confidence >= 0.75) and
+the threshold that guarantees a target error rate among answered questions
+(:mod:`llmcal.policy.risk`), chosen on the calibration part and checked on the
+test part.
 """
 
 from __future__ import annotations
@@ -101,6 +104,8 @@ def evaluate(
     threshold: float = 0.75,
     n_bootstrap: int = 1000,
     top_overconfident: int = 10,
+    target_error: float = 0.10,
+    risk_delta: float = 0.05,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (results, fitted calibrators as dicts)."""
     if len(samples) < 4:
@@ -167,6 +172,13 @@ def evaluate(
     if primary:
         results["filter"]["calibrated"] = _filter(calibrated[primary][test], correct[test], threshold)
 
+    from llmcal.policy.risk import risk_controlled_threshold
+
+    final_all = calibrated[primary] if primary else conf[PRIMARY_SIGNAL]
+    rc = risk_controlled_threshold(final_all[cal], correct[cal], target_error, risk_delta)
+    results["risk_control"] = {**rc.to_dict(), "test": rc.evaluate(final_all[test], correct[test]),
+                               "confidence": primary or PRIMARY_SIGNAL}
+
     curves = {"raw": raw_test}
     if primary:
         curves[primary] = calibrated[primary][test]
@@ -176,7 +188,7 @@ def evaluate(
         step = max(1, len(cov) // 200)  # keep the stored curve small
         results["risk_coverage"][label] = {"coverage": cov[::step], "risk": risk[::step]}
 
-    final = calibrated[primary] if primary else conf[PRIMARY_SIGNAL]
+    final = final_all
     wrong_test = [int(i) for i in test if not correct[i]]
     wrong_test.sort(key=lambda i: -final[i])
     results["overconfident_wrong"] = [

@@ -73,6 +73,21 @@ def checklist(results: dict[str, Any]) -> list[tuple[str, str]]:
         f"on those, against {_pct(filt['accuracy_all'])} when answering everything.",
     ))
 
+    rc = results.get("risk_control")
+    if rc:
+        if rc.get("threshold") is None or rc.get("cal_coverage", 0) == 0:
+            txt = (f"No threshold can be certified from {rc['n_cal']} calibration questions (the "
+                   f"{100 * (1 - rc['delta']):.0f}% upper bound on the error never fell under "
+                   f"{_pct(rc['target_error'])}): abstain, or calibrate on more questions.")
+        else:
+            t = rc["test"]
+            txt = (f"Answer at confidence >= {rc['threshold']:.3f}: on the calibration part it answers "
+                   f"{_pct(rc['cal_coverage'])} with error {_pct(rc['cal_error'])} (upper bound "
+                   f"{_pct(rc['cal_error_upper'])}); on the test part it answers {_pct(t['coverage'])} with "
+                   f"error {_pct(t['error'])}.")
+        out.append((f"Which threshold keeps errors under {_pct(rc['target_error'])} among answered "
+                    f"questions (guaranteed with {100 * (1 - rc['delta']):.0f}% probability)?", txt))
+
     nxt = []
     if ece is not None and ece > CALIBRATED_ECE:
         nxt.append("deploy the fitted calibrator (calibration.json) in front of the model")

@@ -1,0 +1,149 @@
+"""Temperature scaling (Guo et al. 2017, "On calibration of modern neural networks", ICML).
+
+One parameter T > 0 divides the logits before the softmax: T > 1 softens an overconfident
+model, T < 1 sharpens an underconfident one, and the argmax -- the answer -- never changes.
+T is the minimizer of the negative log-likelihood on the calibration set, found by a bounded
+scalar search over log T (the NLL is convex in 1/T, hence unimodal in log T).
+
+Two input forms:
+
+* multi-class: ``x`` (n, k) logits (any row-wise shift, e.g. option log-likelihoods; missing
+  options padded with ``-inf``, which keep probability 0), ``y`` the index of the right class.
+  ``predict`` gives the calibrated top-label confidence, ``predict_proba`` the (n, k) matrix.
+* binary: ``x`` (n,) a confidence in [0, 1], ``y`` 0/1 correct; the confidence is mapped
+  through its logit, ``sigmoid(logit(p) / T)``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+
+from llmcal.calibrators.base import Calibrator, check_fit_sample, logit, sigmoid
+from llmcal.metrics._validation import (
+    as_confidence,
+    as_correct,
+    as_labels,
+    check_same_length,
+)
+
+
+def _as_logits(x, name: str = "x") -> np.ndarray:
+    a = np.asarray(x, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] == 0 or a.shape[1] < 2:
+        raise ValueError(f"{name} must be an (n, k) logit matrix with n >= 1, k >= 2, got shape {a.shape}")
+    if np.isnan(a).any():
+        raise ValueError(f"{name} contains NaN (first at row {int(np.flatnonzero(np.isnan(a).any(axis=1))[0])})")
+    if np.isposinf(a).any():
+        raise ValueError(f"{name} contains +inf (only -inf is allowed, for padded options)")
+    empty = ~np.isfinite(a).any(axis=1)
+    if empty.any():
+        raise ValueError(f"{name}: row {int(np.flatnonzero(empty)[0])} has no finite logit")
+    return a
+
+
+def _shifted(z: np.ndarray) -> np.ndarray:
+    """Logits minus their row maximum: max 0, padding stays -inf."""
+    return z - z.max(axis=1, keepdims=True)
+
+
+class TemperatureScaling(Calibrator):
+    """Temperature scaling; ``temperature_`` is the fitted T.
+
+    ``bounds``: the search interval for T.  A fit whose optimum sits at a bound (the
+    confidence carries no usable signal, or the data are separable) raises ``ValueError``.
+    """
+
+    name = "temperature"
+    _params = ("bounds",)
+    _state = ("temperature_", "mode_", "n_classes_")
+    min_samples = 2
+
+    def __init__(self, bounds: tuple[float, float] = (0.01, 100.0)):
+        self.bounds = tuple(float(b) for b in bounds)
+
+    # -- fitting ---------------------------------------------------------------------------
+
+    def fit(self, x, y) -> "TemperatureScaling":
+        lo, hi = self.bounds
+        if not (0.0 < lo < 1.0 < hi and math.isfinite(hi)):
+            raise ValueError(f"bounds must satisfy 0 < low < 1 < high < inf, got {self.bounds}")
+        if np.ndim(x) == 2:
+            z = _shifted(_as_logits(x))
+            labels = as_labels(y, z.shape[1], "y")
+            check_same_length(z, labels, "x", "y")
+            rows = np.arange(len(labels))
+            if not np.isfinite(z[rows, labels]).all():
+                i = int(np.flatnonzero(~np.isfinite(z[rows, labels]))[0])
+                raise ValueError(f"y: row {i} points at a padded (-inf) option")
+            check_fit_sample(type(self).__name__, z.argmax(axis=1) == labels, self.min_samples)
+            zy = z[rows, labels]
+
+            def objective(log_t: float) -> float:
+                t = math.exp(log_t)
+                return float(np.mean(np.log(np.sum(np.exp(z / t), axis=1)) - zy / t))
+
+            mode, k = "multiclass", int(z.shape[1])
+        else:
+            p = as_confidence(x, "x")
+            c = as_correct(y, "y")
+            check_same_length(p, c, "x", "y")
+            check_fit_sample(type(self).__name__, c, self.min_samples)
+            sz = np.where(c, -1.0, 1.0) * logit(p)
+
+            def objective(log_t: float) -> float:
+                return float(np.mean(np.logaddexp(0.0, sz / math.exp(log_t))))
+
+            mode, k = "binary", 2
+
+        a, b = math.log(lo), math.log(hi)
+        res = minimize_scalar(objective, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
+        if not res.success:
+            raise ValueError(f"TemperatureScaling: the search did not converge ({res.message})")
+        if min(res.x - a, b - res.x) < 1e-3 * (b - a):
+            t = math.exp(res.x)
+            raise ValueError(
+                f"TemperatureScaling: the NLL optimum is at the edge of bounds {self.bounds} (T = {t:.4g}): "
+                + ("the confidence carries (almost) no signal about correctness" if t > 1 else
+                   "the data are (almost) perfectly separated")
+                + "; not fitting rather than returning a meaningless T")
+        log_t = float(res.x)
+        if objective(0.0) < objective(log_t):  # T = 1 is optimal to within the search tolerance
+            log_t = 0.0
+        self.temperature_ = float(math.exp(log_t))
+        self.mode_ = mode
+        self.n_classes_ = k
+        return self
+
+    # -- prediction --------------------------------------------------------------------------
+
+    def _logits_for_predict(self, x) -> np.ndarray:
+        self._check_fitted()
+        if self.mode_ != "multiclass":
+            raise ValueError("this TemperatureScaling was fitted on a binary confidence; "
+                             "pass x of shape (n,)")
+        z = _as_logits(x)
+        if z.shape[1] != self.n_classes_:
+            raise ValueError(f"x has {z.shape[1]} columns, the fit had {self.n_classes_}")
+        return _shifted(z)
+
+    def predict_proba(self, x) -> np.ndarray:
+        """Calibrated probabilities: (n, k) for logits (0 where padded); (n, 2) [wrong, right] for binary."""
+        self._check_fitted()
+        if self.mode_ == "binary":
+            p = self.predict(x)
+            return np.column_stack([1.0 - p, p])
+        e = np.exp(self._logits_for_predict(x) / self.temperature_)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def predict(self, x) -> np.ndarray:
+        """Calibrated confidence (n,): the top-label probability for logits, else sigmoid(logit(p) / T)."""
+        self._check_fitted()
+        if self.mode_ == "multiclass":
+            z = self._logits_for_predict(x)
+            return 1.0 / np.sum(np.exp(z / self.temperature_), axis=1)
+        if np.ndim(x) != 1:
+            raise ValueError("this TemperatureScaling was fitted on a binary confidence; pass x of shape (n,)")
+        return sigmoid(logit(as_confidence(x, "x")) / self.temperature_)
