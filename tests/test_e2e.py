@@ -78,6 +78,14 @@ def test_run_writes_results_report_and_calibration(tmp_path):
     assert "http://" not in html.replace("http://www.w3.org", "")  # opens offline
     cal = json.loads((out / "calibration.json").read_text())
     assert cal["primary"] == "temperature"
+    # `llmcal ask` answers with the saved calibration, in words and a colour
+    a = _llmcal("ask", "What is the capital of France?", "--choices", "Lyon;Paris;Nice", "--run", str(out),
+                "--json", timeout=600)
+    assert a.returncode == 0, a.stderr[-3000:]
+    d = json.loads(a.stdout)
+    level = "high" if d["score"] >= 0.9 else "medium" if d["score"] >= 0.75 else "low"
+    assert d["level"] == level and d["colour"] == {"high": "green", "medium": "yellow", "low": "red"}[level]
+    assert d["abstained"] == (level == "low") and d["calibrator"] == "temperature"
     # a second identical command finds everything done and only recalibrates
     r2 = _llmcal("run", "--limit", "60", "--output_path", str(out), "--bootstrap", "0", timeout=600)
     assert r2.returncode == 0, r2.stderr[-3000:]

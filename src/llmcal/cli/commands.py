@@ -230,3 +230,79 @@ def cmd_tasks(args: argparse.Namespace) -> int:
     for name in available_tasks():
         print(name)
     return 0
+
+
+def _latest_run(root: Path = Path("runs")) -> RunDir:
+    found = sorted(root.glob("*/calibration.json"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"no calibrated run under {root}/; run `llmcal run` first or pass --run")
+    return RunDir(found[-1].parent)
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    import json
+
+    import numpy as np
+
+    from llmcal.calibrators import from_dict
+    from llmcal.policy import Thresholds, decide
+    from llmcal.signals.mc import mc_signals
+    from llmcal.tasks.item import MCItem
+    from llmcal.tasks.prompts import build_request
+
+    if not args.choices:
+        raise ValueError("--choices is required for now (free-form answers need the generation "
+                         "signals): e.g. --choices 'Paris;Lyon;Marseille'")
+    choices = tuple(c.strip() for c in args.choices.split(";") if c.strip())
+    if len(choices) < 2:
+        raise ValueError(f"--choices: need at least 2 choices separated by ';', got {args.choices!r}")
+    run = RunDir(args.run) if args.run else _latest_run()
+    if not run.calibration_path.exists():
+        raise FileNotFoundError(f"{run.calibration_path}: not found; run `llmcal run` first")
+    saved = json.loads(run.calibration_path.read_text())
+    thresholds = Thresholds(high=args.high, abstain=args.threshold if args.threshold is not None
+                            else saved.get("threshold", 0.75))
+    item = MCItem("ask", "ask", args.question, choices, 0)
+
+    from llmcal.backends.hf import HFBackend
+
+    margs = {k: v for k, v in (saved.get("model_args") or {}).items() if k != "batch_size"}
+    backend = HFBackend.load(hidden_layers=(), **margs)
+    chat = backend.apply_chat_template if saved.get("chat") else None
+    (score,) = backend.score_mc([build_request(item, saved.get("style", "cloze"), chat)])
+    pred, signals = mc_signals(score.logprobs, score.n_tokens)
+    primary = saved.get("primary")
+    if primary:
+        cal = from_dict(saved["calibrators"][primary])
+        if primary == "temperature":
+            probs = cal.predict_proba(score.logprobs[None, :])[0]
+            conf = float(probs[pred])
+        else:
+            conf = float(cal.predict(np.array([signals["option_prob"]]))[0])
+            probs = np.exp(score.logprobs - score.logprobs.max())
+            probs /= probs.sum()
+    else:
+        conf = signals["option_prob"]
+        probs = np.exp(score.logprobs - score.logprobs.max())
+        probs /= probs.sum()
+    d = decide(conf, choices[pred], list(zip(choices, probs.tolist())), thresholds)
+    if args.json:
+        print(json.dumps({**d.to_dict(), "calibrator": primary, "signal": saved.get("signal"),
+                          "raw_confidence": signals["option_prob"], "run": str(run.path)}, indent=2))
+        return 0
+    from rich.console import Console
+
+    console = Console()
+    width = 30
+    filled = int(round(conf * width))
+    console.print(f"[bold]{args.question}[/bold]")
+    if d.answer is not None:
+        console.print(f"Answer: [bold]{d.answer}[/bold]")
+    console.print(f"[{d.colour}]{'█' * filled}[/{d.colour}]{'░' * (width - filled)} "
+                  f"[{d.colour}]{100 * conf:.0f}% ({d.level})[/{d.colour}]")
+    console.print(f"[{d.colour}]{d.sentence}[/{d.colour}]")
+    if d.abstained:
+        alts = sorted(zip(choices, probs.tolist()), key=lambda c: -c[1])[:3]
+        console.print("[dim]Most likely, for reference: " + ", ".join(f"{t} ({100 * p:.0f}%)" for t, p in alts) + "[/dim]")
+    console.print(f"[dim]calibrated by {primary or 'none'} from {run.path}[/dim]")
+    return 0

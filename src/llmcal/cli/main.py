@@ -85,6 +85,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="write report.html of a calibrated run folder")
     p.add_argument("run_dir")
 
+    p = sub.add_parser("ask", help="answer one question with calibrated confidence, in words and colour")
+    p.add_argument("question")
+    p.add_argument("--choices", default=None, help="the options, separated by ';'")
+    p.add_argument("--run", default=None, help="run folder whose calibration to use (default: the latest)")
+    p.add_argument("--threshold", type=float, default=None, help="abstain below (default: the run's, 0.75)")
+    p.add_argument("--high", type=float, default=0.90, help="'very sure' from (default 0.90)")
+    p.add_argument("--json", action="store_true", help="print the decision as JSON")
+
     p = sub.add_parser("tasks", help="list the task names")
     p.add_argument("--data_dir", "--data-dir", default=None)
     return parser
