@@ -36,8 +36,12 @@ def check_norm(norm: str) -> str:
     return norm
 
 
-def as_confidence(x, name: str = "confidence") -> np.ndarray:
-    """A 1-D float64 array of values in [0, 1]; -0.0 is turned into 0.0."""
+def as_confidence(x, name: str = "confidence", check_range: bool = True) -> np.ndarray:
+    """A 1-D float64 array of values in [0, 1]; -0.0 is turned into 0.0.
+
+    ``check_range=False`` skips the range/NaN check (and the -0.0 fix) for a caller that
+    checks each block itself and calls ``as_confidence`` again to raise the message.
+    """
     try:
         a = np.asarray(x)
     except Exception as err:  # ragged lists and the like
@@ -49,6 +53,8 @@ def as_confidence(x, name: str = "confidence") -> np.ndarray:
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.floating) or np.issubdtype(a.dtype, np.integer)):
         raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
     a = np.ascontiguousarray(a, dtype=np.float64)
+    if not check_range:
+        return a
     lo, hi = a.min(), a.max()  # NaN propagates through both
     if not (lo >= 0.0 and hi <= 1.0):
         if np.isnan(lo) or np.isnan(hi):

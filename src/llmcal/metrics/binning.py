@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmcal.metrics._validation import check_n_bins, check_strategy
+from llmcal.metrics._validation import as_confidence, check_n_bins, check_strategy
 
 _BLOCK = 1 << 15  # elements per block: 32768 float64 = 256 KiB; the block and its buffers stay in L2
 _TOL = 1e-9  # |x*n_bins - round(x*n_bins)| below this: decide the bin from the exact edges
@@ -82,7 +82,7 @@ def uniform_bin_index(x: np.ndarray, n_bins: int) -> np.ndarray:
     return idx
 
 
-def _uniform_pass(x: np.ndarray, c: np.ndarray, n_bins: int, gap_only: bool):
+def _uniform_pass(x: np.ndarray, c: np.ndarray, n_bins: int, gap_only: bool, check_range: bool = False):
     """One blocked pass over the data with equal-width bins.
 
     Per block (in cache-sized buffers): ``f = x * n_bins``, ``g = floor(f)``; where ``f`` is
@@ -93,6 +93,9 @@ def _uniform_pass(x: np.ndarray, c: np.ndarray, n_bins: int, gap_only: bool):
       l1 ECE needs, since (n_b / n) * |acc_b - conf_b| = |sum_b (x - correct)| / n; or
     * counts and confidence sums per (bin, correct) from two ``np.bincount`` calls on
       ``key = 2 * bin + correct``.
+
+    ``check_range``: check each block for values outside [0, 1] (NaN included) while it is in
+    cache, instead of a separate pass over the whole array, and raise as ``as_confidence``.
     """
     edges = uniform_edges(n_bins)
     n = len(x)
@@ -109,6 +112,8 @@ def _uniform_pass(x: np.ndarray, c: np.ndarray, n_bins: int, gap_only: bool):
         m = len(xb)
         if m != size:
             f, g, key = f[:m], g[:m], key[:m]
+        if check_range and not (xb.min() >= 0.0 and xb.max() <= 1.0):
+            as_confidence(x)  # raises the precise message
         np.multiply(xb, n_bins, out=f)
         np.floor(f, out=g)
         np.subtract(f, g, out=f)  # fractional part
@@ -130,9 +135,9 @@ def _uniform_pass(x: np.ndarray, c: np.ndarray, n_bins: int, gap_only: bool):
     return counts.reshape(n_bins, 2), sums.reshape(n_bins, 2)
 
 
-def uniform_gap_sums(x: np.ndarray, c: np.ndarray, n_bins: int) -> np.ndarray:
-    """Per equal-width bin, the sum of ``confidence - correct`` (validated float64 / bool or 0/1 ints)."""
-    return _uniform_pass(x, c, check_n_bins(n_bins), gap_only=True)
+def uniform_gap_sums(x: np.ndarray, c: np.ndarray, n_bins: int, check_range: bool = False) -> np.ndarray:
+    """Per equal-width bin, the sum of ``confidence - correct`` (float64 / bool or 0/1 ints)."""
+    return _uniform_pass(x, c, check_n_bins(n_bins), gap_only=True, check_range=check_range)
 
 
 def bin_stats(x: np.ndarray, c: np.ndarray, n_bins: int = 15, strategy: str = "uniform") -> BinStats:
@@ -142,18 +147,41 @@ def bin_stats(x: np.ndarray, c: np.ndarray, n_bins: int = 15, strategy: str = "u
     if strategy == "uniform":
         counts2, sums2 = _uniform_pass(x, c, n_bins, gap_only=False)
         return BinStats(uniform_edges(n_bins), counts2.sum(axis=1), sums2.sum(axis=1), counts2[:, 1].copy())
-    edges = quantile_edges(x, n_bins)
-    return stats_for_index(x, c, bin_index(x, edges), edges)
+    # equal-mass: one sort gives both the quantiles and contiguous bins
+    xs, cs = sort_with_correct(x, c)
+    edges = quantile_edges(xs, n_bins)
+    starts = np.searchsorted(xs, edges[:-1], side="left")  # bin i holds e_i <= x < e_{i+1}
+    starts[0] = 0
+    return stats_for_sorted(xs, cs, starts, edges)
 
 
-def stats_for_index(x: np.ndarray, c: np.ndarray, idx: np.ndarray, edges: np.ndarray) -> BinStats:
-    n_bins = len(edges) - 1
-    return BinStats(
-        edges,
-        np.bincount(idx, minlength=n_bins),
-        np.bincount(idx, weights=x, minlength=n_bins),
-        np.bincount(idx, weights=c, minlength=n_bins).astype(np.int64),
-    )
+def sort_with_correct(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` sorted ascending and ``c`` in the same order, from one ``np.sort`` of a uint64 key.
+
+    The key is the confidence's bit pattern (for non-negative floats it orders like the
+    value) shifted left by one, with the correct bit below it: no argsort, no gather.
+    ``x`` must be float64 in [0, 1] without -0.0.
+    """
+    key = x.view(np.uint64) << np.uint64(1)
+    np.bitwise_or(key, c, out=key, dtype=np.uint64, casting="unsafe")
+    key.sort()
+    cs = (key & np.uint64(1)).astype(np.int64)
+    key >>= np.uint64(1)
+    return key.view(np.float64), cs
+
+
+def stats_for_sorted(xs: np.ndarray, cs: np.ndarray, starts: np.ndarray, edges: np.ndarray) -> BinStats:
+    """Bin statistics when bin i is the slice ``xs[starts[i]:starts[i+1]]`` of sorted data."""
+    n = len(xs)
+    counts = np.diff(np.append(starts, n)).astype(np.int64)
+    nz = counts > 0
+    sum_x = np.zeros(len(starts))
+    sum_c = np.zeros(len(starts), dtype=np.int64)
+    if nz.any():
+        s = starts[nz]  # reduceat over the non-empty slices only (it mishandles empty ones)
+        sum_x[nz] = np.add.reduceat(xs, s)
+        sum_c[nz] = np.add.reduceat(cs, s)
+    return BinStats(edges, counts, sum_x, sum_c)
 
 
 def helm_equal_mass_edges(x: np.ndarray, num_bins: int = 10) -> np.ndarray:

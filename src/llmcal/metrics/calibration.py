@@ -38,6 +38,7 @@ from llmcal.metrics._validation import (
     as_probs,
     check_n_bins,
     check_norm,
+    check_same_length,
     check_strategy,
     confidence_and_correct,
 )
@@ -45,7 +46,8 @@ from llmcal.metrics.binning import (
     BinStats,
     bin_stats,
     helm_equal_mass_edges,
-    stats_for_index,
+    sort_with_correct,
+    stats_for_sorted,
     uniform_gap_sums,
 )
 
@@ -97,9 +99,14 @@ def ece(confidence, correct, n_bins: int = 15, strategy: str = "uniform", norm: 
     check_norm(norm)
     check_strategy(strategy)
     n_bins = check_n_bins(n_bins)
+    if norm == "l1" and strategy == "uniform":
+        # the hot path: one blocked pass, range-checked block by block, one bincount of
+        # (x - correct) per bin: sum_b (n_b / n) |acc_b - conf_b| = sum_b |sum_{i in b} (x_i - c_i)| / n
+        x = as_confidence(confidence, check_range=False)
+        c = as_correct(correct)
+        check_same_length(x, c, "confidence", "correct")
+        return float(np.sum(np.abs(uniform_gap_sums(x, c, n_bins, check_range=True))) / len(x))
     x, c = confidence_and_correct(confidence, correct)
-    if norm == "l1" and strategy == "uniform":  # the hot path: one bincount of (x - correct) per bin
-        return float(np.sum(np.abs(uniform_gap_sums(x, c, n_bins))) / len(x))
     s = bin_stats(x, c, n_bins, strategy)
     return _gap_error(s.counts, s.sum_confidence, s.sum_correct, norm)
 
@@ -130,10 +137,13 @@ def ece_10_bin(confidence, correct) -> float:
     it needs about 300 examples to be reliable.
     """
     x, c = confidence_and_correct(confidence, correct)
-    bounds = helm_equal_mass_edges(x, 10)
-    idx = np.searchsorted(bounds, x, side="left")
-    edges = np.concatenate([[0.0], bounds])
-    s = stats_for_index(x, c, idx, edges)
+    xs, cs = sort_with_correct(x, c)
+    bounds = helm_equal_mass_edges(xs, 10)
+    # right-closed bins (b_{i-1}, b_i]: bin i ends after the last value <= b_i
+    ends = np.searchsorted(xs, bounds, side="right")
+    ends[-1] = len(xs)
+    starts = np.concatenate([[0], ends[:-1]])
+    s = stats_for_sorted(xs, cs, starts, np.concatenate([[0.0], bounds]))
     return _gap_error(s.counts, s.sum_confidence, s.sum_correct, "l1")
 
 

@@ -18,9 +18,9 @@ with s correct contributes, at each position inside it, the *expected* count ove
 (s/t per prediction): the result is invariant to permutations and identical to HELM's when
 the confidences are distinct.
 
-Everything sorts once, on a single uint64 key (the confidence's bit pattern, which orders
-like the value for non-negative floats, shifted left, with the correct bit below it), so
-10 million predictions take one ``np.sort`` -- no argsort.
+Everything sorts once, on a single uint64 key (``binning.sort_with_correct``: the
+confidence's bit pattern, which orders like the value for non-negative floats, shifted left,
+with the correct bit below it), so 10 million predictions take one ``np.sort`` -- no argsort.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import warnings
 import numpy as np
 
 from llmcal.metrics._validation import confidence_and_correct
+from llmcal.metrics.binning import sort_with_correct
 
 
 def sorted_groups(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -39,18 +40,14 @@ def sorted_groups(x: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.ndarray,
     ``x`` must be validated float64 in [0, 1] without -0.0, ``c`` bool or 0/1 integers.  Returns ``(values,
     n_correct, n_total)``; ``n_correct`` is int64, ``n_total`` int64.
     """
-    key = x.view(np.uint64) << np.uint64(1)
-    np.bitwise_or(key, c, out=key, dtype=np.uint64, casting="unsafe")
-    key.sort()
-    vbits = key >> np.uint64(1)
-    lab = (key & np.uint64(1)).astype(np.int64)
-    change = vbits[1:] != vbits[:-1]
+    xs, lab = sort_with_correct(x, c)
+    change = xs[1:] != xs[:-1]
     if change.all():  # no ties: one group per prediction
-        return vbits.view(np.float64), lab, np.ones(len(lab), dtype=np.int64)
+        return xs, lab, np.ones(len(lab), dtype=np.int64)
     starts = np.concatenate([[0], np.flatnonzero(change) + 1])
     n_correct = np.add.reduceat(lab, starts)
     n_total = np.diff(np.append(starts, len(lab)))
-    return vbits[starts].view(np.float64), n_correct, n_total
+    return xs[starts], n_correct, n_total
 
 
 def _auroc_from_groups(pos: np.ndarray, tot: np.ndarray) -> float:

@@ -75,7 +75,7 @@ def _metrics_with_ci(conf: np.ndarray, correct: np.ndarray, n_bins: int, n_boot:
                 continue
             if name == "auroc" and len(np.unique(correct)) < 2:
                 continue
-            _, lo, hi = M.bootstrap_ci(name, conf, correct, n_resamples=n_boot, seed=seed)
+            _, lo, hi = M.bootstrap_ci(name, conf, correct, n_resamples=n_boot, seed=seed, n_bins=n_bins)
             ci[name] = [lo, hi]
     out["ci95"] = ci
     return out
