@@ -275,7 +275,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if primary:
         cal = from_dict(saved["calibrators"][primary])
         if primary == "temperature":
-            probs = cal.predict_proba(score.logprobs[None, :])[0]
+            # one temperature for any number of options: softmax(ll / T)
+            z = score.logprobs / float(cal.temperature_)
+            probs = np.exp(z - z.max())
+            probs /= probs.sum()
             conf = float(probs[pred])
         else:
             conf = float(cal.predict(np.array([signals["option_prob"]]))[0])
