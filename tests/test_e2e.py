@@ -133,3 +133,24 @@ def test_bad_task_fails_before_model_load(tmp_path):
     assert "bad.jsonl" in r.stderr and "line 2" in r.stderr
     assert "loading" not in r.stdout
     assert time.time() - start < 60
+
+
+def test_chat_template_letters_scoring(embedded_backend):
+    from llmcal.tasks.item import MCItem
+
+    item = MCItem("x", "t", "What is the capital of France?", ("Berlin", "Paris", "Rome", "Madrid"), 1)
+    req = build_request(item, "letters", embedded_backend.apply_chat_template)
+    assert req.context.startswith("<|im_start|>") and req.context.rstrip().endswith("assistant")
+    assert req.continuations == ("A", "B", "C", "D")
+    (s,) = embedded_backend.score_mc([req])
+    # as in lm-eval, the template's trailing newline moves into every continuation ("\nA"):
+    # the same extra token for each option, so the option distribution is unchanged
+    assert s.n_tokens.tolist() == [2, 2, 2, 2] and np.isfinite(s.logprobs).all()
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    r = _llmcal("run", "--model_args", f"pretrained={tmp_path / 'no-such-model'}", "--limit", "2",
+                "--output_path", str(tmp_path / "r"), timeout=300)
+    assert r.returncode == 2
+    assert "no-such-model" in r.stderr and "cannot load it" in r.stderr
+    assert "Traceback" not in r.stderr

@@ -34,7 +34,7 @@ def planted(n: int, d: int = 200, dim: int = 7, strength: float = 2.5, seed: int
 
 
 def test_logistic_probe_recovers_planted_coordinate():
-    X, y = planted(1200)
+    X, y = planted(1200, d=40)
     probe = LogisticProbe(n_hidden=X.shape[1], n_components=None, seed=0).fit(X[:600], y[:600])
     w = probe.coef_
     assert int(np.argmax(np.abs(w))) == 7
@@ -43,7 +43,7 @@ def test_logistic_probe_recovers_planted_coordinate():
     assert abs(w[7]) > 4 * np.sort(np.abs(w))[-2]
     oracle = M.auroc(sigmoid(2.5 * X[600:, 7]), y[600:])
     got = M.auroc(probe.predict_proba(X[600:]), y[600:])
-    assert got > oracle - 0.03 and got > 0.8
+    assert got > oracle - 0.03 and got > 0.85
     # C was chosen by cross-validation on the training rows, among the grid
     assert probe.cv_["chosen"] in probe.Cs and len(probe.cv_["cv_log_loss"]) == len(probe.Cs)
     # and the probabilities are calibrated on held-out rows
@@ -71,7 +71,7 @@ def test_pca_probe_finds_signal_in_a_high_variance_direction():
 
 def test_mlp_probe_recovers_planted_signal():
     X, y = planted(900, d=30, dim=3, strength=3.0, seed=2)
-    probe = MLPProbe(n_hidden=0, n_components=None, epochs=150, penalties=(1e-2, 1e-1), seed=0)
+    probe = MLPProbe(n_hidden=0, n_components=None, epochs=100, penalties=(1e-2, 1e-1), n_folds=3, seed=0)
     probe.fit(X[:500], y[:500])
     assert probe.cv_["chosen"] in (1e-2, 1e-1)
     got = M.auroc(probe.predict_proba(X[500:]), y[500:])
@@ -81,7 +81,7 @@ def test_mlp_probe_recovers_planted_signal():
 
 
 def test_probe_refuses_one_class_and_bad_shapes():
-    X, _ = planted(50, d=5)
+    X, _ = planted(50, d=5, dim=1)
     with pytest.raises(ValueError, match="all 50 training answers are right"):
         LogisticProbe().fit(X, np.ones(50))
     probe = LogisticProbe(n_components=None).fit(*planted(80, d=5, dim=1))
@@ -121,11 +121,11 @@ def test_combined_beats_each_input_when_they_carry_different_information():
 
 # ------------------------------------------------------------------ a tiny run folder
 def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = FP, name: str = "tiny-model",
-             hidden_size: int = HIDDEN, layers=(-1, 3), seed: int = 0) -> RunDir:
+             hidden_size: int = HIDDEN, layers=(-1, 3), seed: int = 0, n_layers: int = N_LAYERS) -> RunDir:
     """A run folder as ``llmcal measure`` writes it, with a planted correctness signal in the hidden rows."""
     rng = np.random.default_rng(seed)
     run = RunDir(path)
-    backend = {"backend": "hf", "model": name, "n_layers": N_LAYERS, "hidden_size": hidden_size,
+    backend = {"backend": "hf", "model": name, "n_layers": n_layers, "hidden_size": hidden_size,
                "hidden_layers": list(layers), "dtype": "float32"}
     if fingerprint:
         backend["fingerprint"] = fingerprint
@@ -264,11 +264,11 @@ def test_shift_matrix_and_learning_curve(tmp_path):
     from llmcal.cli.probe_commands import cmd_probe
     from llmcal.report.probe_section import render_probe_section
 
-    r1 = make_run(tmp_path / "a", n=200, tasks=("t1",), seed=1)
-    r2 = make_run(tmp_path / "b", n=200, tasks=("t2",), seed=2)
-    r3 = make_run(tmp_path / "c", n=200, tasks=("t3",), seed=3)
+    r1 = make_run(tmp_path / "a", n=160, tasks=("t1",), seed=1)
+    r2 = make_run(tmp_path / "b", n=160, tasks=("t2",), seed=2)
+    r3 = make_run(tmp_path / "c", n=160, tasks=("t3",), seed=3)
     args = _probe_parser().parse_args(["probe", "--shift", str(r1.path), str(r2.path), str(r3.path),
-                                       "--bootstrap", "20", "--quiet", "--sizes", "50,100",
+                                       "--bootstrap", "20", "--quiet", "--sizes", "50,80",
                                        "--repeats", "1", "--out", str(tmp_path / "shift"), "--components", "4"])
     assert cmd_probe(args) == 0
     out = json.loads((tmp_path / "shift" / "probe_shift.json").read_text())
@@ -281,7 +281,7 @@ def test_shift_matrix_and_learning_curve(tmp_path):
     assert set(sh["summary"]) == {"pairwise_shift", "leave_one_task_out", "in_task"}
     assert sh["summary"]["pairwise_shift"]["n_cells"] == 6
     lc = out["learning_curve"]
-    assert set(lc["in_task"]) == {"50", "100"} and set(lc["leave_one_task_out"]) == {"50", "100"}
+    assert set(lc["in_task"]) == {"50", "80"} and set(lc["leave_one_task_out"]) == {"50", "80"}
     md = (tmp_path / "shift" / "probe_shift.md").read_text()
     assert "Task-shift matrix" in md and "Learning curve" in md
     html = render_probe_section({"shift": sh, "learning_curve": lc})
@@ -293,3 +293,23 @@ def test_no_heavy_imports_at_import_time():
             "print(sorted(m for m in ('torch', 'sklearn', 'transformers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_run_hook_adds_combined_when_asked(tmp_path):
+    from llmcal.cli.main import main
+    from llmcal.cli.probe_commands import add_run_args, run_hook
+
+    run = make_run(tmp_path / "r", n=160)
+    assert main(["calibrate", str(run.path), "--bootstrap", "0", "--quiet"]) == 0
+    p = argparse.ArgumentParser()
+    add_run_args(p)
+    for flag, kw in (("--cal_fraction", {"type": float, "default": 0.5}), ("--seed", {"type": int, "default": 0}),
+                     ("--bootstrap", {"type": int, "default": 0})):
+        p.add_argument(flag, **kw)
+    p.add_argument("--quiet", action="store_true")
+    assert run_hook(run.path, p.parse_args(["--quiet"])) is None  # not asked: nothing happens
+    assert not (run.path / "probe.json").exists()
+    res = run_hook(run.path, p.parse_args(["--probe", "--probe_components", "4", "--quiet"]))
+    assert res["settings"]["n_components"] == 4
+    results = json.loads((run.path / "results.json").read_text())
+    assert "combined" in results["calibrated_test"] and results["probe"]["settings"]["n_components"] == 4

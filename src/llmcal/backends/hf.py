@@ -152,26 +152,34 @@ class HFBackend:
         transformers.logging.set_verbosity_error()  # llmcal shows its own progress
         transformers.utils.logging.disable_progress_bar()
         kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
-        source = str(pretrained)
+        source, cached = str(pretrained), None
         if gguf_file:
             cached = gguf_cache_dir(Path(pretrained) / gguf_file)
             if cached is not None and (cached / "config.json").is_file():
                 source = str(cached)  # dequantized once before; loads in seconds
             else:
                 kwargs["gguf_file"] = gguf_file
-        tok = AutoTokenizer.from_pretrained(tokenizer or source, **kwargs)
-        if "gguf_file" in kwargs and cached is not None:
-            # Dequantizing a GGUF takes ~20 s: do it once, in fp32, and keep the result.
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=torch.float32, attn_implementation=attn_implementation, **kwargs)
-            _save_cache(model, tok, cached)
-            if resolve_dtype(dtype) not in ("auto", torch.float32):
-                model = model.to(resolve_dtype(dtype))
-            model = model.to(device)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(
-                source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
-            ).to(device)
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer or source, **kwargs)
+            if "gguf_file" in kwargs and cached is not None:
+                # Dequantizing a GGUF takes ~20 s: do it once, in fp32, and keep the result.
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=torch.float32, attn_implementation=attn_implementation, **kwargs)
+                _save_cache(model, tok, cached)
+                if resolve_dtype(dtype) not in ("auto", torch.float32):
+                    model = model.to(resolve_dtype(dtype))
+                model = model.to(device)
+            else:
+                model = AutoModelForCausalLM.from_pretrained(
+                    source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+                ).to(device)
+        except OSError as err:
+            raise ValueError(
+                f"--model_args pretrained={pretrained!r}"
+                + (f",gguf_file={gguf_file!r}" if gguf_file else "")
+                + f": cannot load it ({str(err).splitlines()[0]}). Give a local folder, or a hub "
+                "name on a machine that can reach the hub."
+            ) from err
         load_args = {"pretrained": str(pretrained), "gguf_file": gguf_file, "revision": revision,
                      "dtype": str(dtype)}
         return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,

@@ -16,6 +16,7 @@ exactly (``tests/test_probe.py``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -26,7 +27,7 @@ import numpy as np
 
 from llmcal import __version__
 from llmcal.probe.combine import Combiner
-from llmcal.probe.features import CHEAP_FEATURES, ModelInfo, RunFeatures, design_matrix
+from llmcal.probe.features import CHEAP_FEATURES, ModelInfo, RunFeatures, cheap_features_one, design_matrix
 from llmcal.probe.models import PROBES, Probe
 
 ARTIFACT_VERSION = 1
@@ -88,6 +89,28 @@ class ProbeArtifact:
         out = {"external": 1.0 / (1.0 + np.exp(-z))}
         if self.combiner is not None:
             out["combined"] = self.combiner.predict(rf.signals, z)
+        return out
+
+    def predict_one(self, sample: dict[str, Any], hidden: np.ndarray | None,
+                    kept_layers: list[int] | None = None) -> dict[str, float]:
+        """One answer, as it is produced: its ``samples.jsonl`` record and hidden row.
+
+        ``hidden`` (n_kept, hidden_size): the answer's hidden states at ``kept_layers``
+        (default: the layers of the run the probe was trained on).  The model check is
+        the caller's, once per run (:meth:`check_model`), not once per answer.
+        Returns ``{"external": p, "combined": c}``.
+        """
+        kept = self.model.layers if kept_layers is None else kept_layers
+        parts = []
+        if self.layers:
+            parts.append(np.asarray(hidden, dtype=np.float64)[[kept.index(x) for x in self.layers]].ravel())
+        if self.use_cheap:
+            parts.append(cheap_features_one(sample))
+        x = np.concatenate(parts)[None, :]  # (1, D)
+        z = float(self.probe.logit(x)[0])
+        out = {"external": 0.5 * (1.0 + math.tanh(0.5 * z))}
+        if self.combiner is not None:
+            out["combined"] = self.combiner.predict_one(sample["signals"], z)
         return out
 
     # ------------------------------------------------------------ files

@@ -9,7 +9,7 @@ regression over their logits
 
     z = b + sum_j a_j * logit(signal_j) + a_p * probe_logit        (n,)
 
-with ``C`` by cross-validation, followed by a binary calibrator
+(standardized inputs, a fixed mild L2 penalty ``C = 1``), followed by a binary calibrator
 (``llmcal.calibrators``; Platt by default) on the stacker's probability.
 
 No stage sees the probe's in-sample output: the stacker is fitted on
@@ -20,6 +20,7 @@ probe and the stacker fitted on the whole calibration part are used.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -27,6 +28,8 @@ import numpy as np
 from llmcal.probe.features import SIGNALS, logit
 from llmcal.probe.models import LogisticProbe, Probe, cross_fit_logits, sigmoid
 
+#: Inverse L2 strength of the stacker (on standardized inputs; weak for n >= 50).
+STACKER_C = 1.0
 #: The stacker's inputs, in column order.
 STACK_INPUTS = tuple(f"logit_{s}" for s in SIGNALS) + ("probe_logit",)
 
@@ -57,8 +60,10 @@ class Combiner:
         from llmcal.calibrators import get_calibrator
 
         S = stack_inputs(signals, probe_logits, self.signals)  # (n, k + 1)
-        self.stacker_ = LogisticProbe(n_hidden=0, n_components=None, n_folds=self.n_folds, seed=self.seed)
-        self.stacker_.fit(S, y)
+        # a handful of standardized inputs and hundreds of items: a fixed mild penalty suffices
+        self.stacker_ = LogisticProbe(C=STACKER_C, n_hidden=0, n_components=None, n_folds=self.n_folds,
+                                      seed=self.seed)
+        self.stacker_.fit(S, y, tune=False)
         oof = sigmoid(cross_fit_logits(self.stacker_, S, y, self.n_folds, self.seed + 1))  # (n,)
         self.calibrator_ = get_calibrator(self.calibrator).fit(oof, y)
         return self
@@ -70,6 +75,16 @@ class Combiner:
     def predict(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray) -> np.ndarray:
         """``combined`` confidence, (n,) in [0, 1]."""
         return np.asarray(self.calibrator_.predict(self.stacked(signals, probe_logits)), dtype=np.float64)
+
+    def predict_one(self, signals: Mapping[str, float], probe_logit: float) -> float:
+        """``predict`` for one answer, on Python floats (the serving path; no (n,) arrays to build)."""
+        w = self.stacker_.coef_
+        z = float(self.stacker_.intercept_[0]) + float(w[-1]) * float(probe_logit)
+        for j, s in enumerate(self.signals):
+            p = min(max(float(signals[s]), 1e-6), 1.0 - 1e-6)
+            z += float(w[j]) * (math.log(p) - math.log1p(-p))
+        stacked = 0.5 * (1.0 + math.tanh(0.5 * z))
+        return float(self.calibrator_.predict(np.array([stacked]))[0])
 
     def weights(self) -> dict[str, float]:
         """The stacker's weights on each input's logit, in the input's own units."""
@@ -94,14 +109,14 @@ class Combiner:
         return obj
 
 
-def fit_probe_and_combiner(probe: Probe, X: np.ndarray, signals: Mapping[str, np.ndarray], y: np.ndarray,
+def fit_probe_and_combiner(probe: Probe, X: np.ndarray, signal_values: Mapping[str, np.ndarray], y: np.ndarray,
                            calibrator: str = "platt", n_folds: int = 5, seed: int = 0,
-                           tune: bool = True) -> tuple[Probe, Combiner, np.ndarray]:
+                           tune: bool = True, stack: Sequence[str] = SIGNALS) -> tuple[Probe, Combiner, np.ndarray]:
     """Fit the probe on all of ``X`` (n, D) and the combiner on its out-of-fold logits.
 
     Returns (fitted probe, fitted combiner, out-of-fold probe logits (n,)).
     """
     probe.fit(X, y, tune=tune)
     oof = cross_fit_logits(probe, X, y, n_folds, seed)
-    comb = Combiner(calibrator, n_folds=n_folds, seed=seed).fit(signals, oof, y)
+    comb = Combiner(calibrator, signals=tuple(stack), n_folds=n_folds, seed=seed).fit(signal_values, oof, y)
     return probe, comb, oof

@@ -39,7 +39,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 #: Inverse L2 strengths searched for the logistic probe (on standardized inputs).
-DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 13))
+DEFAULT_CS = tuple(float(c) for c in np.logspace(-4, 2, 9))
 #: L2 penalties searched for the MLP probe.
 DEFAULT_PENALTIES = (1e-3, 1e-2, 1e-1, 1.0)
 #: Principal components kept of the hidden-state block.

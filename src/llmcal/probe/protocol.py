@@ -59,6 +59,7 @@ class ProbeSettings:
     use_cheap: bool = True                   # cheap input/output features beside the hidden block
     n_components: int | None = DEFAULT_COMPONENTS
     calibrator: str = "platt"                # after the stacker (llmcal.calibrators name)
+    stack_signals: list[str] = field(default_factory=lambda: list(SIGNALS))  # internal signals the stacker reads
     n_folds: int = 5
     seed: int = 0
     extra_probes: list[str] = field(default_factory=list)  # also report external_<kind>/combined_<kind>
@@ -78,11 +79,14 @@ class Fitted:
     n_cal: int
 
 
-def _pad_columns(z: np.ndarray, k: int) -> np.ndarray:
-    """(n, k') option logits -> (n, k), -inf padded (tasks with fewer options)."""
-    if z.shape[1] >= k:
-        return z[:, :k] if np.isneginf(z[:, k:]).all() else z
-    return np.concatenate([z, np.full((len(z), k - z.shape[1]), -np.inf)], axis=1)
+def temperature_confidence(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """Top-option probability after temperature scaling, (n,), from (n, k) -inf-padded log-likelihoods.
+
+    Computed here rather than by ``TemperatureScaling.predict`` because a temperature fitted on
+    one task (say 2 options) applies to another with a different number of options.
+    """
+    z = logits - logits.max(axis=1, keepdims=True)  # (n, k), max 0, padding -inf
+    return 1.0 / np.sum(np.exp(z / float(temperature)), axis=1)
 
 
 def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact:
@@ -90,10 +94,18 @@ def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact
     X = design_matrix(rf, layers, s.use_cheap)  # (n, len(layers) * hidden + n_cheap)
     probe = make_probe(kind, n_hidden=len(layers) * rf.model.hidden_size, n_components=s.n_components,
                        n_folds=s.n_folds, seed=s.seed)
-    probe, comb, _ = fit_probe_and_combiner(probe, X, rf.signals, rf.correct, s.calibrator, s.n_folds, s.seed)
+    probe, comb, oof = fit_probe_and_combiner(probe, X, rf.signals, rf.correct, s.calibrator, s.n_folds, s.seed,
+                                              stack=s.stack_signals)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        # AUROC of each single signal on the calibration part (the probe's: out of fold), to pick
+        # "the best single signal" without looking at the test part
+        cal_auroc = {name: float(M.auroc(rf.signals[sig], rf.correct)) for name, sig in RAW_SIGNALS.items()}
+        cal_auroc["external"] = float(M.auroc(1.0 / (1.0 + np.exp(-oof)), rf.correct))
     return ProbeArtifact(model=rf.model, layers=layers, use_cheap=s.use_cheap, probe=probe, combiner=comb,
                          info={"n_cal": len(rf), "tasks": sorted(set(rf.tasks.tolist())),
-                               "accuracy_cal": float(rf.correct.mean()), "settings": s.to_dict()})
+                               "accuracy_cal": float(rf.correct.mean()), "settings": s.to_dict(),
+                               "cal_auroc": cal_auroc})
 
 
 def fit_all(rf_cal: RunFeatures, s: ProbeSettings) -> Fitted:
@@ -123,7 +135,7 @@ def predict_all(f: Fitted, rf: RunFeatures) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {name: rf.signals[sig] for name, sig in RAW_SIGNALS.items()}
     for name, cal in f.baselines.items():
         if name == "internal+temperature":
-            out[name] = np.asarray(cal.predict(_pad_columns(rf.option_logit_matrix(), cal.n_classes_)))
+            out[name] = temperature_confidence(rf.option_logit_matrix(), cal.temperature_)
         else:
             out[name] = np.asarray(cal.predict(rf.signals["option_prob"]))
     out.update(f.artifact.predict(rf))
@@ -229,14 +241,22 @@ def in_task(rf: RunFeatures, s: ProbeSettings, cal_fraction: float = 0.5, split_
     return res, f
 
 
-def _cell_summary(res: dict[str, Any], src_acc: float) -> dict[str, Any]:
+def _cell_summary(res: dict[str, Any], f: Fitted) -> dict[str, Any]:
     m = res["methods"]
+    cal_auroc = f.artifact.info.get("cal_auroc") or {}
+    chosen = max(cal_auroc, key=cal_auroc.get) if cal_auroc else None
     cell = {
-        "source_accuracy": src_acc,
+        "source_accuracy": f.artifact.info.get("accuracy_cal"),
         "target_accuracy": m[REFERENCE]["accuracy"],
+        # the best single signal on the test part itself (an oracle choice: the strict bar) ...
         "best_single": res["best_single"],
         "best_single_auroc": res["best_single_auroc"],
         "combined_beats_best_single_auroc": res.get("combined_beats_best_single_auroc"),
+        # ... and the one a user would pick: best on the source's calibration part
+        "source_best_single": chosen,
+        "source_best_single_auroc": m[chosen]["auroc"] if chosen in m else None,
+        "combined_beats_source_best_single_auroc": (bool(m["combined"]["auroc"] > m[chosen]["auroc"])
+                                                    if chosen in m and "combined" in m else None),
         "methods": m,
     }
     return cell
@@ -269,7 +289,7 @@ def shift_matrix(runs: Sequence[RunFeatures], s: ProbeSettings, cal_fraction: fl
             if src.startswith("all but ") and src != f"all but {tgt}":
                 continue
             res = compare(predict_all(f, targets[tgt]), targets[tgt].correct, n_boot, split_seed)
-            row[tgt] = _cell_summary(res, float(rf_src.correct.mean()))
+            row[tgt] = _cell_summary(res, f)
         cells[src] = row
     return {
         "tasks": tasks,
@@ -307,6 +327,7 @@ def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str], tar
                    for k in ("ece_reduction", "overconfidence_reduction")}
                for m in methods if m != REFERENCE}
         beats = [bool(c.get("combined_beats_best_single_auroc")) for c in cs]
+        beats_src = [bool(c.get("combined_beats_source_best_single_auroc")) for c in cs]
         fails = []
         for lab, c in zip(labels[g], cs):
             comb = c["methods"].get("combined")
@@ -329,6 +350,8 @@ def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str], tar
             "mean_reduction_vs_internal": red,
             "combined_beats_best_single_auroc": f"{sum(beats)}/{len(beats)}",
             "mean_best_single_auroc": _mean([c["best_single_auroc"] for c in cs]),
+            "combined_beats_source_best_single_auroc": f"{sum(beats_src)}/{len(beats_src)}",
+            "mean_source_best_single_auroc": _mean([c.get("source_best_single_auroc") for c in cs]),
             "cells_failing": fails,
         }
     return out

@@ -72,9 +72,10 @@ def shift_tables(shift: dict[str, Any]) -> str:
         for t, c in row.items():
             acc[t] = c["target_accuracy"]
     out.append("Test-part accuracy per task: " + ", ".join(f"{t} {f3(a)}" for t, a in acc.items()) + ".\n")
-    out.append("**AUROC, combined (best single signal in parentheses)**\n")
-    out.append(_matrix(shift, lambda c: f"{f3(c['methods']['combined']['auroc'])} ({f3(c['best_single_auroc'])} "
-                                        f"{c['best_single']})"))
+    out.append("**AUROC: combined / best single signal on the test part (which) / single signal best on the "
+               "calibration part**\n")
+    out.append(_matrix(shift, lambda c: f"{f3(c['methods']['combined']['auroc'])} / {f3(c['best_single_auroc'])} "
+                                        f"({c['best_single']}) / {f3(c.get('source_best_single_auroc'))}"))
     out.append("\n**ECE: raw internal option_prob -> combined (relative reduction, 95% paired bootstrap interval)**\n")
     out.append(_matrix(shift, lambda c: f"{f3(c['methods']['internal']['ece'])} -> "
                                         f"{f3(c['methods']['combined']['ece'])} "
@@ -95,9 +96,11 @@ def summary_table(summary: dict[str, Any]) -> str:
     """Mean over cells of each group: AUROC, ECE, Brier, reductions vs internal, per confidence."""
     out = []
     for group, g in summary.items():
-        out.append(f"\n**{group.replace('_', ' ')}** ({g['n_cells']} cells; combined AUROC above the best "
-                   f"single signal in {g['combined_beats_best_single_auroc']}; mean best-single AUROC "
-                   f"{f3(g['mean_best_single_auroc'])})\n")
+        out.append(f"\n**{group.replace('_', ' ')}** ({g['n_cells']} cells). Combined AUROC above the best "
+                   f"single signal of each cell in {g['combined_beats_best_single_auroc']} cells (best chosen on "
+                   f"the test part, mean AUROC {f3(g['mean_best_single_auroc'])}); above the single signal that "
+                   f"was best on the calibration part in {g.get('combined_beats_source_best_single_auroc')} cells "
+                   f"(mean AUROC {f3(g.get('mean_source_best_single_auroc'))}).\n")
         header = ["confidence", "mean AUROC", "mean ECE", "mean Brier", "mean overconf.",
                   "mean ECE reduction vs internal", "mean |overconf.| reduction"]
         rows = []
