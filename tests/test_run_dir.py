@@ -74,3 +74,13 @@ def test_duplicate_ids_are_reported(tmp_path):
     run.append([_rec(0), _rec(0)], None)
     with pytest.raises(RunDirError, match="duplicate"):
         run.read_samples()
+
+
+def test_resume_keeps_what_the_earlier_run_recorded(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "a"}, ["model"])
+    cfg = run.config()
+    cfg["backend"] = {"n_layers": 30}
+    run.config_path.write_text(json.dumps(cfg))
+    run.start({"model": "a", "max_tokens": 512}, ["model"])
+    assert run.config()["backend"] == {"n_layers": 30} and run.config()["max_tokens"] == 512

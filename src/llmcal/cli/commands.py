@@ -113,6 +113,7 @@ def _measure(args: argparse.Namespace) -> RunDir:
         meta = run.config()
         meta["model_desc"] = backend.model_name
         meta["backend"] = backend.describe()
+        meta["backend"]["fingerprint"] = backend.fingerprint()
         run.config_path.write_text(__import__("json").dumps(meta, indent=2, sort_keys=True))
         return backend
 
@@ -202,6 +203,9 @@ def _report(run: RunDir) -> Path:
 def cmd_run(args: argparse.Namespace) -> int:
     run = _measure(args)
     _calibrate(run, args)
+    from llmcal.cli.probe_commands import run_hook
+
+    run_hook(run.path, args)
     if not args.no_report:
         path = _report(run)
         if not args.quiet:

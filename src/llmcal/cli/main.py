@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from llmcal import __version__
+from llmcal.cli import probe_commands
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -32,7 +33,7 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dtype", default=None, help="float32 (default) or bfloat16; overrides model_args")
     g.add_argument("--batch_size", "--batch-size", default=None,
                    help="accepted for lm-eval compatibility; llmcal packs batches by --max_tokens")
-    g.add_argument("--max_tokens", "--max-tokens", type=int, default=2048, help="tokens per forward pass")
+    g.add_argument("--max_tokens", "--max-tokens", type=int, default=512, help="tokens per forward pass (default 512)")
     g.add_argument("--hidden_layers", "--hidden-layers", default="-1,mid",
                    help="hidden-state layers kept for the probe (indices, 'mid', 'last'; default -1,mid)")
     o = p.add_argument_group("output")
@@ -73,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_measure_args(p)
     _add_calibrate_args(p)
     p.add_argument("--no_report", "--no-report", action="store_true", help="skip report.html")
+    probe_commands.add_run_args(p)
 
     p = sub.add_parser("measure", help="score the items and record every signal")
     _add_measure_args(p)
@@ -95,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("tasks", help="list the task names")
     p.add_argument("--data_dir", "--data-dir", default=None)
+
+    probe_commands.add_parsers(sub)
     return parser
 
 
@@ -107,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     from llmcal.cli import commands
 
     try:
-        return int(getattr(commands, f"cmd_{args.command}")(args) or 0)
+        fn = getattr(commands, f"cmd_{args.command}", None) or getattr(probe_commands, f"cmd_{args.command}")
+        return int(fn(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished items are saved; run the same command again to resume", file=sys.stderr)
         return 130

@@ -122,11 +122,12 @@ def fit_all(rf_cal: RunFeatures, s: ProbeSettings) -> Fitted:
             rf_cal.option_logit_matrix(), rf_cal.references)
     except ValueError as err:
         errors["internal+temperature"] = str(err)
-    try:
-        baselines[f"internal+{s.calibrator}"] = get_calibrator(s.calibrator).fit(
-            rf_cal.signals["option_prob"], rf_cal.correct)
-    except ValueError as err:
-        errors[f"internal+{s.calibrator}"] = str(err)
+    if s.calibrator != "temperature":  # else the name is taken by the multi-class temperature above
+        try:
+            baselines[f"internal+{s.calibrator}"] = get_calibrator(s.calibrator).fit(
+                rf_cal.signals["option_prob"], rf_cal.correct)
+        except ValueError as err:
+            errors[f"internal+{s.calibrator}"] = str(err)
     return Fitted(art, extras, baselines, errors, time.perf_counter() - t0, len(rf_cal))
 
 
@@ -290,6 +291,8 @@ def shift_matrix(runs: Sequence[RunFeatures], s: ProbeSettings, cal_fraction: fl
                 continue
             res = compare(predict_all(f, targets[tgt]), targets[tgt].correct, n_boot, split_seed)
             row[tgt] = _cell_summary(res, f)
+            if f.errors:
+                row[tgt]["baseline_errors"] = f.errors
         cells[src] = row
     return {
         "tasks": tasks,
@@ -307,7 +310,8 @@ def _mean(xs: list[float]) -> float | None:
     return float(np.mean(xs)) if xs else None
 
 
-def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str], target_ece: float = 0.40) -> dict[str, Any]:
+def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str],
+                     target_ece: float = 0.40) -> dict[str, Any]:
     """Averages over the off-diagonal (shift) cells, the leave-one-out cells and the diagonal."""
     groups: dict[str, list[dict[str, Any]]] = {"pairwise_shift": [], "leave_one_task_out": [], "in_task": []}
     labels: dict[str, list[str]] = {k: [] for k in groups}
@@ -320,10 +324,13 @@ def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str], tar
     for g, cs in groups.items():
         if not cs:
             continue
-        methods = list(cs[0]["methods"])
-        mean = {m: {k: _mean([c["methods"][m][k] for c in cs]) for k in ("auroc", "ece", "brier", "overconfidence")}
+        methods = list(dict.fromkeys(m for c in cs for m in c["methods"]))  # a baseline may fail in some cells
+        mean = {m: {k: _mean([c["methods"][m][k] for c in cs if m in c["methods"]])
+                    for k in ("auroc", "ece", "brier", "overconfidence")}
                 for m in methods}
-        red = {m: {k: _mean([c["methods"][m].get("vs_internal", {}).get(k) for c in cs])
+        for m in methods:
+            mean[m]["n_cells"] = sum(m in c["methods"] for c in cs)
+        red = {m: {k: _mean([c["methods"][m].get("vs_internal", {}).get(k) for c in cs if m in c["methods"]])
                    for k in ("ece_reduction", "overconfidence_reduction")}
                for m in methods if m != REFERENCE}
         beats = [bool(c.get("combined_beats_best_single_auroc")) for c in cs]
@@ -336,7 +343,8 @@ def summarize_matrix(cells: dict[str, dict[str, Any]], tasks: Sequence[str], tar
             r = comb["vs_internal"]["ece_reduction"]
             why = []
             if not c.get("combined_beats_best_single_auroc"):
-                why.append(f"AUROC {comb['auroc']:.3f} <= best single ({c['best_single']}) {c['best_single_auroc']:.3f}")
+                why.append(f"AUROC {comb['auroc']:.3f} <= best single ({c['best_single']}) "
+                           f"{c['best_single_auroc']:.3f}")
             if r is None or r < target_ece:
                 why.append(f"ECE reduction {r:.0%}" if r is not None else "ECE reduction undefined")
             if why:
@@ -412,7 +420,7 @@ def learning_curve(runs: Sequence[RunFeatures], s: ProbeSettings, sizes: Sequenc
                 continue
             mean_curve[str(n)] = {m: {k: _mean([r[m][k]["mean"] for r in rows if m in r])
                                       for k in ("auroc", "ece", "brier", "overconfidence")}
-                                  for m in rows[0]}
+                                  for m in dict.fromkeys(m for r in rows for m in r)}
         out["leave_one_task_out"] = mean_curve
         out["leave_one_task_out_per_task"] = {k[5:]: curves[k] for k in loto_names}
     return out
@@ -420,9 +428,9 @@ def learning_curve(runs: Sequence[RunFeatures], s: ProbeSettings, sizes: Sequenc
 
 def _agg(rows: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, dict[str, float]]]:
     out: dict[str, Any] = {}
-    for m in rows[0]:
+    for m in dict.fromkeys(m for r in rows for m in r):
         out[m] = {}
-        for k in rows[0][m]:
+        for k in ("auroc", "ece", "brier", "overconfidence"):
             v = np.array([r[m][k] for r in rows if m in r], dtype=np.float64)
             v = v[np.isfinite(v)]
             out[m][k] = {"mean": float(v.mean()) if v.size else None, "sd": float(v.std()) if v.size else None}

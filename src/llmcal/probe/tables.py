@@ -77,17 +77,22 @@ def shift_tables(shift: dict[str, Any]) -> str:
     out.append(_matrix(shift, lambda c: f"{f3(c['methods']['combined']['auroc'])} / {f3(c['best_single_auroc'])} "
                                         f"({c['best_single']}) / {f3(c.get('source_best_single_auroc'))}"))
     out.append("\n**ECE: raw internal option_prob -> combined (relative reduction, 95% paired bootstrap interval)**\n")
-    out.append(_matrix(shift, lambda c: f"{f3(c['methods']['internal']['ece'])} -> "
-                                        f"{f3(c['methods']['combined']['ece'])} "
-                                        f"({pct(c['methods']['combined']['vs_internal']['ece_reduction'])}"
-                                        f"{_ci(c['methods']['combined']['vs_internal'].get('ece_reduction_ci95'), pct)})"))
+    def ece_cell(c: dict[str, Any]) -> str:
+        vs = c["methods"]["combined"]["vs_internal"]
+        return (f"{f3(c['methods']['internal']['ece'])} -> {f3(c['methods']['combined']['ece'])} "
+                f"({pct(vs['ece_reduction'])}{_ci(vs.get('ece_reduction_ci95'), pct)})")
+
+    out.append(_matrix(shift, ece_cell))
     out.append("\n**Brier, combined (internal+temperature in parentheses)**\n")
     out.append(_matrix(shift, lambda c: f"{f3(c['methods']['combined']['brier'])} "
                                         f"({f3(c['methods'].get('internal+temperature', {}).get('brier'))})"))
     out.append("\n**Overconfidence (mean confidence - accuracy): internal -> combined (reduction of |gap|)**\n")
-    out.append(_matrix(shift, lambda c: f"{c['methods']['internal']['overconfidence']:+.3f} -> "
-                                        f"{c['methods']['combined']['overconfidence']:+.3f} "
-                                        f"({pct(c['methods']['combined']['vs_internal']['overconfidence_reduction'])})"))
+    def oc_cell(c: dict[str, Any]) -> str:
+        m = c["methods"]
+        return (f"{m['internal']['overconfidence']:+.3f} -> {m['combined']['overconfidence']:+.3f} "
+                f"({pct(m['combined']['vs_internal']['overconfidence_reduction'])})")
+
+    out.append(_matrix(shift, oc_cell))
     out.append("\n" + summary_table(shift["summary"]))
     return "\n".join(out)
 
@@ -107,16 +112,20 @@ def summary_table(summary: dict[str, Any]) -> str:
         for name in ordered(list(g["mean"])):
             m = g["mean"][name]
             r = g["mean_reduction_vs_internal"].get(name, {})
-            rows.append([f"**{name}**" if name == "combined" else name, f3(m["auroc"]), f3(m["ece"]),
+            label = f"**{name}**" if name == "combined" else name
+            if m.get("n_cells", g["n_cells"]) < g["n_cells"]:
+                label += f" ({m['n_cells']} cells: no fit elsewhere)"
+            rows.append([label, f3(m["auroc"]), f3(m["ece"]),
                          f3(m["brier"]), f"{m['overconfidence']:+.3f}" if m["overconfidence"] is not None else "n/a",
                          pct(r.get("ece_reduction")) if r else "", pct(r.get("overconfidence_reduction")) if r else ""])
         out.append(_md(header, rows))
-        if g["cells_failing"]:
-            out.append("\nCells where `combined` misses a target:\n")
-            for f in g["cells_failing"]:
-                out.append(f"- {f['cell']}: {f['why']} (source accuracy {f3(f['source_accuracy'])}, target "
-                           f"{f3(f['target_accuracy'])}; combined mean confidence {f3(f['combined_mean_confidence'])}; "
-                           f"ECE {f3(f['internal_ece'])} -> {f3(f['combined_ece'])})")
+        ece_fails = [f for f in g["cells_failing"] if "ECE" in f["why"]]
+        if ece_fails:
+            out.append(f"\nCells where `combined` reduces ECE by less than 40% ({len(ece_fails)} of {g['n_cells']}):\n")
+            for f in ece_fails:
+                out.append(f"- {f['cell']}: ECE {f3(f['internal_ece'])} -> {f3(f['combined_ece'])}; accuracy "
+                           f"{f3(f['source_accuracy'])} (fitted on) vs {f3(f['target_accuracy'])} (tested on), "
+                           f"combined mean confidence {f3(f['combined_mean_confidence'])}")
     return "\n".join(out)
 
 
@@ -127,15 +136,17 @@ def learning_curve_table(lc: dict[str, Any]) -> str:
         curve = lc.get(setting)
         if not curve:
             continue
-        methods = ordered(list(next(iter(curve.values()))))
+        methods = ordered(list(dict.fromkeys(m for row in curve.values() for m in row)))
         header = ["n cal"] + [f"{m} AUROC" for m in methods if m not in ("internal+temperature",)] + \
                  [f"{m} ECE" for m in methods]
         rows = []
         for n, row in curve.items():
             def cell(m: str, k: str) -> str:
+                if m not in row:
+                    return "n/a"
                 v = row[m][k]
                 if isinstance(v, dict):
-                    return f3(v["mean"]) + (f" ±{v['sd']:.3f}" if v.get("sd") else "")
+                    return f3(v["mean"]) + (f" ±{v['sd']:.3f}" if (v.get("sd") or 0) >= 5e-4 else "")
                 return f3(v)
             rows.append([n] + [cell(m, "auroc") for m in methods if m not in ("internal+temperature",)]
                         + [cell(m, "ece") for m in methods])

@@ -87,6 +87,7 @@ class RunDir:
                         f"{self.config_path}: field {key!r} was {old.get(key)!r} in the earlier run, "
                         f"now {config.get(key)!r}; use another --output_path or --overwrite"
                     )
+            config = {**old, **config}  # keep what the earlier run learned (e.g. the backend)
         self.config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
         return self.samples_path.exists() and self.samples_path.stat().st_size > 0
 

@@ -123,6 +123,10 @@ def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
                  "ECE: 15 equal-width bins, L1; ACE: 15 equal-mass bins; MCE: max gap; ece_10_bin: HELM's "
                  "10 equal-mass bins.</p>")
     parts.append(_metrics_table(results))
+    if results.get("probe"):
+        from llmcal.report.probe_section import render_probe_section
+
+        parts.append(render_probe_section(results["probe"]))
     rel = _reliability_png(results)
     rc = _risk_coverage_png(results)
     parts.append("<h2>Reliability and risk-coverage</h2><div>")

@@ -95,14 +95,18 @@ def _shift_html(shift: dict[str, Any]) -> str:
             ok = c.get("combined_beats_best_single_auroc") and red is not None and red >= 0.4
             style = "" if ok else " style='background:#fff1e6'"
             tds.append(f"<td{style}>AUROC {_f(comb.get('auroc'))}<br><small>best single "
-                       f"{_f(c.get('best_single_auroc'))} ({html.escape(str(c.get('best_single')))})</small><br>"
+                       f"{_f(c.get('best_single_auroc'))} ({html.escape(str(c.get('best_single')))}); chosen on "
+                       f"calibration {_f(c.get('source_best_single_auroc'))}</small><br>"
                        f"ECE {_f(internal.get('ece'))}&rarr;{_f(comb.get('ece'))} ({_pct(red)})</td>")
         parts.append(f"<tr><th class='l'>{html.escape(src)}</th>{''.join(tds)}</tr>")
     parts.append("</table><p class='muted'>Shaded: combined misses a target (AUROC not above the best single "
                  "signal, or ECE reduced by less than 40%).</p>")
     for group, g in (shift.get("summary") or {}).items():
+        beats = html.escape(str(g.get("combined_beats_best_single_auroc")))
+        beats_src = html.escape(str(g.get("combined_beats_source_best_single_auroc")))
         parts.append(f"<h4>{html.escape(group.replace('_', ' '))}: mean over {g.get('n_cells')} cells "
-                     f"(combined above the best single AUROC in {html.escape(str(g.get('combined_beats_best_single_auroc')))})"
+                     f"(combined above the best single AUROC of the test part in {beats}, above the single "
+                     f"signal best on the calibration part in {beats_src})"
                      "</h4><table><tr><th class='l'>confidence</th><th>AUROC</th><th>ECE</th><th>Brier</th>"
                      "<th>overconfidence</th><th>ECE vs internal</th></tr>")
         for name in _ordered(g.get("mean", {})):
@@ -110,13 +114,17 @@ def _shift_html(shift: dict[str, Any]) -> str:
             r = (g.get("mean_reduction_vs_internal") or {}).get(name) or {}
             parts.append(f"<tr><td class='l'>{html.escape(name)}</td><td>{_f(m.get('auroc'))}</td>"
                          f"<td>{_f(m.get('ece'))}</td><td>{_f(m.get('brier'))}</td>"
-                         f"<td>{_f(m.get('overconfidence'))}</td><td>{_pct(r.get('ece_reduction')) if r else ''}</td></tr>")
+                         f"<td>{_f(m.get('overconfidence'))}</td>"
+                         f"<td>{_pct(r.get('ece_reduction')) if r else ''}</td></tr>")
         parts.append("</table>")
-        fails = g.get("cells_failing") or []
+        fails = [f for f in g.get("cells_failing") or [] if "ECE" in f.get("why", "")]
         if fails:
-            parts.append("<ul>" + "".join(
-                f"<li>{html.escape(f['cell'])}: {html.escape(f['why'])} (accuracy {_f(f['source_accuracy'])} "
-                f"&rarr; {_f(f['target_accuracy'])})</li>" for f in fails) + "</ul>")
+            parts.append("<p>ECE reduced by less than 40% in these cells (accuracy of the task fitted on "
+                         "&rarr; task tested on: the combined confidence carries the first task's base rate):</p>"
+                         "<ul>" + "".join(
+                             f"<li>{html.escape(f['cell'])}: ECE {_f(f['internal_ece'])} &rarr; "
+                             f"{_f(f['combined_ece'])} (accuracy {_f(f['source_accuracy'])} &rarr; "
+                             f"{_f(f['target_accuracy'])})</li>" for f in fails) + "</ul>")
     return "".join(parts)
 
 
@@ -127,7 +135,7 @@ def _learning_html(lc: dict[str, Any]) -> str:
         curve = lc.get(setting)
         if not curve:
             continue
-        methods = _ordered(next(iter(curve.values())))
+        methods = _ordered(dict.fromkeys(m for row in curve.values() for m in row))
         parts.append(f"<h4>{label}</h4><table><tr><th>n</th>"
                      + "".join(f"<th>{html.escape(m)}<br>AUROC</th>" for m in methods)
                      + "".join(f"<th>{html.escape(m)}<br>ECE</th>" for m in methods) + "</tr>")
@@ -135,9 +143,11 @@ def _learning_html(lc: dict[str, Any]) -> str:
             def cell(m: str, k: str) -> str:
                 v = row.get(m, {}).get(k)
                 if isinstance(v, dict):
-                    return _f(v.get("mean")) + (f"<br><small>&plusmn;{_f(v.get('sd'))}</small>" if v.get("sd") else "")
+                    return _f(v.get("mean")) + (f"<br><small>&plusmn;{_f(v.get('sd'))}</small>"
+                                                if (v.get("sd") or 0) >= 5e-4 else "")
                 return _f(v)
-            parts.append(f"<tr><td>{html.escape(str(n))}</td>" + "".join(f"<td>{cell(m, 'auroc')}</td>" for m in methods)
+            parts.append(f"<tr><td>{html.escape(str(n))}</td>"
+                         + "".join(f"<td>{cell(m, 'auroc')}</td>" for m in methods)
                          + "".join(f"<td>{cell(m, 'ece')}</td>" for m in methods) + "</tr>")
         parts.append("</table>")
     return "".join(parts)
