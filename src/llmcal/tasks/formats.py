@@ -92,6 +92,16 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         yield lineno, obj
 
 
+def _read_text(path: Path) -> str:
+    """The file as UTF-8 text without a BOM; a decoding error names the line."""
+    data = _read_bytes(path)
+    try:
+        return data.decode("utf-8").lstrip("\ufeff")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise TaskError(f"not UTF-8 text ({e.reason} at byte {e.start})", source=path, line=line) from e
+
+
 def iter_json_list(path: str | Path) -> Iterator[tuple[int, int, dict[str, Any]]]:
     """``(line, item, object)`` for each element of a file holding one JSON list of objects.
 
@@ -100,12 +110,7 @@ def iter_json_list(path: str | Path) -> Iterator[tuple[int, int, dict[str, Any]]
     instead (``item`` then counts the non-blank lines).
     """
     path = Path(path)
-    data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise TaskError(f"not UTF-8 text ({e.reason} at byte {e.start})", source=path, line=line) from e
+    text = _read_text(path)
     pos = _skip_ws(text, 0)
     if pos < len(text) and text[pos] == "{":
         for n, (lineno, obj) in enumerate(iter_jsonl(path), 1):
@@ -156,12 +161,7 @@ def iter_csv(path: str | Path, header: bool = True) -> Iterator[tuple[int, Any]]
     (a quoted cell may span lines).  Blank lines are skipped.
     """
     path = Path(path)
-    data = _read_bytes(path)
-    try:
-        text = data.decode("utf-8").lstrip("\ufeff")
-    except UnicodeDecodeError as e:
-        line = data.count(b"\n", 0, e.start) + 1
-        raise TaskError(f"not UTF-8 text ({e.reason} at byte {e.start})", source=path, line=line) from e
+    text = _read_text(path)
     # io splits lines at \n / \r only; str.splitlines would also split at U+0085,
     # U+2028 ..., which occur inside MMLU questions
     reader = csv.reader(io.StringIO(text, newline=""))
