@@ -19,7 +19,7 @@ import numpy as np
 from llmcal.report.checklist import checklist
 
 TABLE_METRICS = ("accuracy", "mean_confidence", "overconfidence", "ece", "ace", "mce", "ece_10_bin",
-                 "brier", "nll", "auroc", "aurc", "selective_acc@10")
+                 "brier", "nll", "auroc", "aurc", "selective_acc@10", "selective_cov_acc_area")
 
 
 def _png(fig) -> str:
@@ -95,7 +95,7 @@ def _metrics_table(results: dict[str, Any]) -> str:
                 txt += f"<br><small>[{ci[0]:.3f}, {ci[1]:.3f}]</small>"
             cells.append(f"<td>{txt}</td>")
         rows.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}</tr>")
-    return f"<table><tr><th></th>{head}</tr>{''.join(rows)}</table>"
+    return f"<div class='scroll'><table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>"
 
 
 def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
@@ -106,7 +106,7 @@ def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right;vertical-align:top}th{background:#f4f4f4}td.l,th.l{text-align:left}"
-        "dt{font-weight:bold;margin-top:0.8em}.muted{color:#666}img{max-width:100%}</style></head><body>",
+        ".scroll{overflow-x:auto}dt{font-weight:bold;margin-top:0.8em}.muted{color:#666}img{max-width:100%}</style></head><body>",
         "<h1>When the model says it is sure, is it right?</h1>",
         f"<p class='muted'>Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
         f"<b>{e(', '.join(config.get('tasks', [])))}</b> &middot; prompt style {e(str(config.get('style')))}"
