@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import re
 import subprocess
@@ -114,7 +115,7 @@ def _measure(args: argparse.Namespace) -> RunDir:
         meta["model_desc"] = backend.model_name
         meta["backend"] = backend.describe()
         meta["backend"]["fingerprint"] = backend.fingerprint()
-        run.config_path.write_text(__import__("json").dumps(meta, indent=2, sort_keys=True))
+        run.config_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
         return backend
 
     if resumed and not quiet:
@@ -189,8 +190,6 @@ def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _report(run: RunDir) -> Path:
-    import json
-
     from llmcal.report.html import render_html
 
     if not run.results_path.exists():
@@ -244,8 +243,6 @@ def _latest_run(root: Path = Path("runs")) -> RunDir:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    import json
-
     import numpy as np
 
     from llmcal.calibrators import from_dict

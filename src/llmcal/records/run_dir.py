@@ -74,10 +74,11 @@ class RunDir:
         made by a run with a different identity (model, tasks, style, ...) is
         refused, naming the field that differs, unless ``overwrite``.
         """
-        if overwrite and self.path.exists():
-            for f in (self.config_path, self.samples_path, self.hidden_path, self.hidden_meta_path,
-                      self.results_path, self.calibration_path, self.report_path):
-                f.unlink(missing_ok=True)
+        if overwrite and self.config_path.exists():
+            # only a folder that a run made (it has config.json) is cleared, with everything in it
+            import shutil
+
+            shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         if self.config_path.exists():
             old = json.loads(self.config_path.read_text())
