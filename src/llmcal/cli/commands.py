@@ -247,7 +247,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
     from llmcal.calibrators import from_dict
     from llmcal.policy import Thresholds, decide
-    from llmcal.signals.mc import mc_signals
+    from llmcal.signals.mc import mc_signals, softmax
     from llmcal.tasks.item import MCItem
     from llmcal.tasks.prompts import build_request
 
@@ -273,22 +273,14 @@ def cmd_ask(args: argparse.Namespace) -> int:
     (score,) = backend.score_mc([build_request(item, saved.get("style", "cloze"), chat)])
     pred, signals = mc_signals(score.logprobs, score.n_tokens)
     primary = saved.get("primary")
-    if primary:
-        cal = from_dict(saved["calibrators"][primary])
-        if primary == "temperature":
-            # one temperature for any number of options: softmax(ll / T)
-            z = score.logprobs / float(cal.temperature_)
-            probs = np.exp(z - z.max())
-            probs /= probs.sum()
-            conf = float(probs[pred])
-        else:
-            conf = float(cal.predict(np.array([signals["option_prob"]]))[0])
-            probs = np.exp(score.logprobs - score.logprobs.max())
-            probs /= probs.sum()
-    else:
-        conf = signals["option_prob"]
-        probs = np.exp(score.logprobs - score.logprobs.max())
-        probs /= probs.sum()
+    probs = softmax(score.logprobs)
+    conf = signals["option_prob"]
+    if primary == "temperature":
+        # one temperature for any number of options: softmax(ll / T)
+        probs = softmax(score.logprobs / float(from_dict(saved["calibrators"][primary]).temperature_))
+        conf = float(probs[pred])
+    elif primary:
+        conf = float(from_dict(saved["calibrators"][primary]).predict(np.array([conf]))[0])
     d = decide(conf, choices[pred], list(zip(choices, probs.tolist())), thresholds)
     if args.json:
         print(json.dumps({**d.to_dict(), "calibrator": primary, "signal": saved.get("signal"),

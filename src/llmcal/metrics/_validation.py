@@ -137,6 +137,15 @@ def as_probs(p, name: str = "probs", atol: float = 1e-4) -> np.ndarray:
     return a
 
 
+def probs_and_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
+    """A validated (n, k) probability matrix and its (n,) class indices, of one length."""
+    p = as_probs(probs, "probs")
+    y = as_labels(labels, p.shape[1], "labels")
+    if len(y) != len(p):
+        raise ValueError(f"probs and labels have different lengths ({len(p)} vs {len(y)})")
+    return p, y
+
+
 def as_labels(y, k: int, name: str = "labels") -> np.ndarray:
     """A 1-D int64 array of class indices in [0, k)."""
     a = np.asarray(y)

@@ -34,13 +34,12 @@ import numpy as np
 from llmcal.metrics._validation import (
     as_confidence,
     as_correct,
-    as_labels,
-    as_probs,
     check_n_bins,
     check_norm,
     check_same_length,
     check_strategy,
     confidence_and_correct,
+    probs_and_labels,
 )
 from llmcal.metrics.binning import (
     BinStats,
@@ -168,14 +167,6 @@ def overconfidence_error(confidence, correct, n_bins: int = 15, strategy: str = 
     return float(np.sum((cnt / cnt.sum()) * conf * np.maximum(conf - acc, 0.0)))
 
 
-def _top_label(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    p = as_probs(probs, "probs")
-    y = as_labels(labels, p.shape[1], "labels")
-    if len(y) != len(p):
-        raise ValueError(f"probs and labels have different lengths ({len(p)} vs {len(y)})")
-    return p, y
-
-
 def toplabel_ece(probs, labels, n_bins: int = 15, strategy: str = "uniform", norm: str = "l1") -> float:
     """Top-label ECE of a multi-class probability matrix (Guo et al. 2017).
 
@@ -183,7 +174,7 @@ def toplabel_ece(probs, labels, n_bins: int = 15, strategy: str = "uniform", nor
     is the largest probability of a row and the prediction is correct when its class (the
     first one on ties, as ``np.argmax``) is the label; then as :func:`ece`.
     """
-    p, y = _top_label(probs, labels)
+    p, y = probs_and_labels(probs, labels)
     return ece(p.max(axis=1), p.argmax(axis=1) == y, n_bins=n_bins, strategy=strategy, norm=norm)
 
 
@@ -194,7 +185,7 @@ def classwise_ece(probs, labels, n_bins: int = 15, strategy: str = "uniform", no
     the label is j; for ``norm="l1"`` this is the "marginal" calibration error of Kumar et al.
     2019.  Every column counts, including classes that never occur.
     """
-    p, y = _top_label(probs, labels)
+    p, y = probs_and_labels(probs, labels)
     errs = [ece(p[:, j], y == j, n_bins=n_bins, strategy=strategy, norm=norm) for j in range(p.shape[1])]
     return float(np.mean(errs))
 

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmcal.metrics._validation import as_labels, as_probs, confidence_and_correct
+from llmcal.metrics._validation import confidence_and_correct, probs_and_labels
 
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking logs, as scikit-learn's
 #: ``log_loss`` does for float64 input, so a confident mistake costs about 36 nats, not inf.
 EPS = float(np.finfo(np.float64).eps)
-
-
-def _probs_and_labels(probs, labels) -> tuple[np.ndarray, np.ndarray]:
-    p = as_probs(probs, "probs")
-    y = as_labels(labels, p.shape[1], "labels")
-    if len(y) != len(p):
-        raise ValueError(f"probs and labels have different lengths ({len(p)} vs {len(y)})")
-    return p, y
 
 
 def brier_score(confidence, correct) -> float:
@@ -34,7 +26,7 @@ def brier_score(confidence, correct) -> float:
     ``brier_score_loss(y, probs, scale_by_half=False)``.
     """
     if np.ndim(confidence) == 2:
-        p, y = _probs_and_labels(confidence, correct)
+        p, y = probs_and_labels(confidence, correct)
         d = p.copy()
         d[np.arange(len(y)), y] -= 1.0
         return float(np.mean(np.einsum("ij,ij->i", d, d)))
@@ -51,7 +43,7 @@ def nll(confidence, correct) -> float:
     ``-mean(log p[label])`` with the same clipping.  Matches scikit-learn's ``log_loss``.
     """
     if np.ndim(confidence) == 2:
-        p, y = _probs_and_labels(confidence, correct)
+        p, y = probs_and_labels(confidence, correct)
         py = np.clip(p[np.arange(len(y)), y], EPS, 1.0 - EPS)
         return float(-np.mean(np.log(py)))
     x, c = confidence_and_correct(confidence, correct)

@@ -188,9 +188,8 @@ def evaluate(
         step = max(1, len(cov) // 200)  # keep the stored curve small
         results["risk_coverage"][label] = {"coverage": cov[::step], "risk": risk[::step]}
 
-    final = final_all
     wrong_test = [int(i) for i in test if not correct[i]]
-    wrong_test.sort(key=lambda i: -final[i])
+    wrong_test.sort(key=lambda i: -final_all[i])
     results["overconfident_wrong"] = [
         {
             "id": samples[i]["id"],
@@ -199,7 +198,7 @@ def evaluate(
             "prediction": samples[i]["prediction_text"],
             "reference": samples[i]["reference_text"],
             "raw_confidence": float(conf[PRIMARY_SIGNAL][i]),
-            "calibrated_confidence": float(final[i]),
+            "calibrated_confidence": float(final_all[i]),
         }
         for i in wrong_test[:top_overconfident]
     ]

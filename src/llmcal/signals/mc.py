@@ -22,7 +22,7 @@ import numpy as np
 SIGNALS = ("option_prob", "option_prob_norm", "margin", "entropy")
 
 
-def _softmax(x: np.ndarray) -> np.ndarray:
+def softmax(x: np.ndarray) -> np.ndarray:
     z = x - np.max(x)
     e = np.exp(z)
     return e / e.sum()
@@ -35,8 +35,8 @@ def mc_signals(logprobs: np.ndarray, n_tokens: np.ndarray) -> tuple[int, dict[st
     if k < 2:
         raise ValueError(f"logprobs: need at least 2 options, got {k}")
     pred = int(np.argmax(ll))
-    p = _softmax(ll)
-    p_norm = _softmax(ll / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0))
+    p = softmax(ll)
+    p_norm = softmax(ll / np.maximum(np.asarray(n_tokens, dtype=np.float64), 1.0))
     top2 = np.sort(p)[-2:]
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.sum(np.where(p > 0, p * np.log(p), 0.0))
