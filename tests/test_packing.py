@@ -71,7 +71,18 @@ def test_packed_scores_equal_separate_forward_passes():
         conts = [rng.integers(0, 97, size=rng.integers(1, 5)).tolist() for _ in range(rng.integers(2, 6))]
         items.append((ctx, conts))
     scores = backend.score_packed([pack_item(c, o) for c, o in items])
-    for (ctx, conts), s in zip(items, scores):
+    full = backend.score_packed([pack_item(c, o, full_options=True) for c, o in items])
+    for (ctx, conts), s, f in zip(items, scores, full):
+        # feeding the options' last tokens changes no score
+        np.testing.assert_allclose(f.logprobs, s.logprobs, rtol=0, atol=1e-5)
+        np.testing.assert_allclose(f.hidden, s.hidden, rtol=0, atol=1e-5)
+        assert s.answer_hidden is None and f.answer_hidden.shape == (len(conts), 2, 32)
+        for o, c in enumerate(conts):
+            # the mean over the option's tokens equals a plain forward over ctx + option
+            with torch.no_grad():
+                hs = model.model(torch.tensor([ctx + c]), output_hidden_states=True).hidden_states
+            np.testing.assert_allclose(f.answer_hidden[o, 0], hs[1][0, len(ctx):].mean(0).numpy(), atol=1e-4)
+            np.testing.assert_allclose(f.answer_hidden[o, 1], hs[-1][0, len(ctx):].mean(0).numpy(), atol=1e-4)
         expected = [_naive_logprob(model, ctx, c) for c in conts]
         np.testing.assert_allclose(s.logprobs, expected, rtol=0, atol=1e-4)
         assert s.n_tokens.tolist() == [len(c) for c in conts]

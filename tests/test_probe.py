@@ -119,8 +119,13 @@ def test_combined_beats_each_input_when_they_carry_different_information():
 
 # ------------------------------------------------------------------ a tiny run folder
 def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = FP, name: str = "tiny-model",
-             hidden_size: int = HIDDEN, layers=(-1, 3), seed: int = 0, n_layers: int = N_LAYERS) -> RunDir:
-    """A run folder as ``llmcal measure`` writes it, with a planted correctness signal in the hidden rows."""
+             hidden_size: int = HIDDEN, layers=(-1, 3), seed: int = 0, n_layers: int = N_LAYERS,
+             answer_mean: bool = False) -> RunDir:
+    """A run folder as ``llmcal measure`` writes it, with a planted correctness signal in the hidden rows.
+
+    With ``answer_mean`` the rows also hold the answer-mean position, and the
+    signal is planted there only (the last-prompt slots are noise).
+    """
     rng = np.random.default_rng(seed)
     run = RunDir(path)
     backend = {"backend": "hf", "model": name, "n_layers": n_layers, "hidden_size": hidden_size,
@@ -141,6 +146,8 @@ def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = F
         right = rng.random() < sigmoid(2.0 * z + (0.8 if task == "t1" else -0.4))
         ref = pred if right else (pred + 1 + int(rng.integers(0, 3))) % 4
         h = rng.normal(size=(len(layers), hidden_size)) + 5.0 * z * u[None, :]
+        if answer_mean:
+            h = np.concatenate([rng.normal(size=(len(layers), hidden_size)), h])
         hidden.append(h.astype(np.float32))
         samples.append({
             "id": f"{task}-{i}", "task": task, "prompt": "Question: q" + "x" * int(rng.integers(5, 50)),
@@ -151,7 +158,7 @@ def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = F
             "option_nchars": [int(x) * 4 for x in ntok], "option_is_greedy": [False] * 4, "signals": sig,
             "meta": {}, "hidden_row": i,
         })
-    run.append(samples, np.stack(hidden))
+    run.append(samples, np.stack(hidden), ["last_prompt", "answer_mean"] if answer_mean else None)
     return run
 
 
@@ -175,6 +182,36 @@ def test_run_features_and_design_matrix(tmp_path):
     np.testing.assert_array_equal(X[:, :HIDDEN], rf.hidden[:, 1, :])
     with pytest.raises(ValueError, match="not kept"):
         design_matrix(rf, [2])
+
+
+def test_answer_mean_position_is_read_where_it_was_stored(tmp_path):
+    from llmcal.probe.features import design_matrix
+    from llmcal.probe.protocol import ProbeSettings, fit_all
+
+    run = make_run(tmp_path / "r", n=400, answer_mean=True)
+    assert run.hidden_positions() == ["last_prompt", "answer_mean"]
+    rf = load_run_features(run.path, compute_fingerprint=False)
+    assert rf.hidden.shape == (400, 4, HIDDEN) and rf.positions == ["last_prompt", "answer_mean"]
+    X = design_matrix(rf, [3], use_cheap=False, positions=["answer_mean"])
+    np.testing.assert_array_equal(X, rf.hidden[:, 3, :])  # slot = position 1 * 2 kept layers + layer index 1
+    cal, test = rf.subset(np.arange(0, 400, 2)), rf.subset(np.arange(1, 400, 2))
+    aurocs = {}
+    for pos in (["last_prompt"], ["answer_mean"]):
+        f = fit_all(cal, ProbeSettings(n_components=8, use_cheap=False, positions=pos))
+        aurocs[pos[0]] = M.auroc(f.artifact.predict(test)["external"], test.correct)
+    # the planted signal is found only where it was planted
+    assert aurocs["answer_mean"] > 0.8 and abs(aurocs["last_prompt"] - 0.5) < 0.12
+    art = fit_all(cal, ProbeSettings(n_components=8, positions=["answer_mean"])).artifact
+    back = ProbeArtifact.load(art.save(tmp_path / "art"))
+    assert back.positions == ["answer_mean"]
+    samples = run.read_samples()
+    full = back.predict(rf)
+    one = back.predict_one(samples[5], rf.hidden[5], rf.model.layers, rf.positions)
+    assert one["combined"] == pytest.approx(full["combined"][5], abs=1e-9)
+    # a run without the answer-mean position cannot feed this probe
+    plain = load_run_features(make_run(tmp_path / "p", n=10).path, compute_fingerprint=False)
+    with pytest.raises(ValueError, match=r"positions \['answer_mean'\] were not kept"):
+        back.predict(plain)
 
 
 def test_artifact_round_trip_and_refusal_on_another_model(tmp_path):

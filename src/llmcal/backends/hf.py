@@ -11,8 +11,9 @@ continuation) but computes it faster:
   so little padding is computed;
 * the vocabulary projection (``lm_head``, 576 x 49152 for the embedded model)
   runs only on the rows whose logits are needed, not on every position;
-* the hidden states of the last context token (kept for the external probe)
-  come from the same forward pass.
+* the hidden states of the last context token and their mean over each
+  option's tokens (kept for the external probe) come from the same forward
+  pass.
 """
 
 from __future__ import annotations
@@ -111,8 +112,12 @@ class HFBackend:
         hidden_layers: Sequence[int] = (-1,),
         device: str = "cpu",
         load_args: dict | None = None,
+        answer_hidden: bool = True,
     ) -> None:
         self.model = model.eval()
+        # also keep the mean hidden state over each option's tokens (costs one
+        # more position per option; only when hidden layers are kept)
+        self.answer_hidden = bool(answer_hidden)
         self.tokenizer = tokenizer
         self.model_name = model_name
         self.max_tokens = int(max_tokens)
@@ -248,7 +253,11 @@ class HFBackend:
                 ctx_ids = ctx
             conts.append(c)
         assert ctx_ids is not None
-        return pack_item(ctx_ids, conts)
+        return pack_item(ctx_ids, conts, full_options=self._want_answer_hidden)
+
+    @property
+    def _want_answer_hidden(self) -> bool:
+        return self.answer_hidden and bool(self.hidden_layers)
 
     # --------------------------------------------------------------- scoring
     def score_mc(
@@ -326,6 +335,15 @@ class HFBackend:
                 kept = torch.stack(
                     [hs[layer][torch.arange(b), last_rows] for layer in self.hidden_layers], dim=1
                 ).float().cpu().numpy()  # (b, n_kept, hidden)
+                means = None
+                if all(p.answer_rows for p in items):
+                    # mean over each option's token rows, every kept layer
+                    stacked = torch.stack([hs[layer] for layer in self.hidden_layers], dim=2)  # (b, t, n_kept, h)
+                    means = [
+                        torch.stack([stacked[k, torch.from_numpy(r)].mean(dim=0) for r in p.answer_rows])
+                        .float().cpu().numpy()  # (k_options, n_kept, hidden)
+                        for k, p in enumerate(items)
+                    ]
         offset = 0
         for k, (p, i) in enumerate(zip(items, idx)):
             lengths = [len(t_) for t_ in p.target_ids]
@@ -340,4 +358,5 @@ class HFBackend:
                 n_tokens=np.asarray(lengths),
                 is_greedy=gr,
                 hidden=kept[k] if want_hidden else None,
+                answer_hidden=means[k] if want_hidden and means is not None else None,
             )

@@ -9,18 +9,19 @@ see alone (lm-eval's ``context_enc + continuation_enc``) without recomputing
 the prefix once per option.  This is the "tree attention" of speculative
 decoding (Miao et al. 2024, SpecInfer) applied to scoring.
 
-The last token of an option is never an input (nothing is predicted after
-it), and the first token of every option is predicted from the prefix's last
-position, so an option of ``L`` tokens adds ``L - 1`` positions.  One-token
-options (the letters of lettered prompts) add none: their log-probabilities
-all come from one row of logits.
+The last token of an option is not an input (nothing is predicted after
+it) unless its hidden state is wanted (``full_options``), and the first token
+of every option is predicted from the prefix's last position, so an option
+of ``L`` tokens adds ``L - 1`` positions (``L`` with ``full_options``).
+One-token options (the letters of lettered prompts) add none: their
+log-probabilities all come from one row of logits.
 
 Pure numpy; the backend turns the result into tensors.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -34,10 +35,18 @@ class PackedItem:
     target_rows: list[np.ndarray]  # k arrays of shape (L_o,)
     target_ids: list[np.ndarray]  # k arrays of shape (L_o,)
     prefix_last: int  # row of the last prefix token
+    # With ``full_options``: the rows of every option token (the last included), for
+    # the mean hidden state over the answer's tokens; else empty.
+    answer_rows: list[np.ndarray] = field(default_factory=list)  # k arrays of shape (L_o,)
 
 
-def pack_item(context_ids: list[int], continuation_ids: list[list[int]]) -> PackedItem:
-    """Lay out ``context + every continuation`` as one tree-shaped sequence."""
+def pack_item(context_ids: list[int], continuation_ids: list[list[int]], full_options: bool = False) -> PackedItem:
+    """Lay out ``context + every continuation`` as one tree-shaped sequence.
+
+    ``full_options`` also feeds each option's last token (one more position
+    per option, whose logits are never needed) so that every answer token has
+    a hidden state: the probe's "mean over answer tokens" feature.
+    """
     if not context_ids:
         raise ValueError("context_ids is empty: a continuation needs a context to follow")
     if any(len(c) == 0 for c in continuation_ids):
@@ -48,14 +57,17 @@ def pack_item(context_ids: list[int], continuation_ids: list[list[int]]) -> Pack
     branch = [0] * n_prefix
     rows: list[np.ndarray] = []
     targets: list[np.ndarray] = []
+    answer_rows: list[np.ndarray] = []
     for o, cont in enumerate(continuation_ids):
         start = len(ids)
-        inputs = cont[:-1]
+        inputs = list(cont) if full_options else cont[:-1]
+        if full_options:
+            answer_rows.append(np.arange(start, start + len(cont), dtype=np.int64))
         ids.extend(inputs)
         pos.extend(range(n_prefix, n_prefix + len(inputs)))
         branch.extend([o + 1] * len(inputs))
         # token j of the option is predicted at: prefix end (j = 0), else at input j - 1
-        rows.append(np.array([n_prefix - 1] + list(range(start, start + len(inputs))), dtype=np.int64))
+        rows.append(np.array([n_prefix - 1] + list(range(start, start + len(cont) - 1)), dtype=np.int64))
         targets.append(np.asarray(cont, dtype=np.int64))
     return PackedItem(
         input_ids=np.asarray(ids, dtype=np.int64),
@@ -64,6 +76,7 @@ def pack_item(context_ids: list[int], continuation_ids: list[list[int]]) -> Pack
         target_rows=rows,
         target_ids=targets,
         prefix_last=n_prefix - 1,
+        answer_rows=answer_rows,
     )
 
 

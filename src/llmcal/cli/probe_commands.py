@@ -37,6 +37,9 @@ def _add_probe_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}layers", default="all",
                    help="hidden-state layers the probe reads, among those the run kept: 'all' (default), "
                         "'none' (cheap features only), or indices / 'mid' / 'last', comma-separated")
+    g.add_argument(f"--{prefix}positions", default="all",
+                   help="token positions read at each layer: 'all' the run kept (default), or 'last_prompt', "
+                        "'answer_mean' (mean over the answer's tokens), comma-separated")
     g.add_argument(f"--{prefix}components", default="16",
                    help="principal components kept of the hidden block (default 16; 'all' = no reduction)")
     g.add_argument(f"--{prefix}no_cheap", action="store_true",
@@ -132,8 +135,17 @@ def _settings(args: argparse.Namespace, model, prefix: str = ""):
 
     if get("calibrator") not in CALIBRATORS:
         raise ValueError(f"--calibrator: unknown {get('calibrator')!r}; known: {', '.join(sorted(CALIBRATORS))}")
+    pos_spec = str(get("positions")).strip().lower()
+    positions = None
+    if pos_spec != "all":
+        from llmcal.probe.features import POSITIONS
+
+        positions = [x.strip() for x in pos_spec.split(",") if x.strip()]
+        bad = [x for x in positions if x not in POSITIONS]
+        if bad or not positions:
+            raise ValueError(f"--positions: {bad or pos_spec!r} unknown; use 'all' or some of {', '.join(POSITIONS)}")
     return ProbeSettings(probe=get("kind"), layers=layers, use_cheap=not get("no_cheap"),
-                         n_components=n_components, calibrator=get("calibrator"))
+                         n_components=n_components, calibrator=get("calibrator"), positions=positions)
 
 
 def _split_defaults(run_path: Path, args: argparse.Namespace) -> tuple[float, int]:

@@ -47,6 +47,21 @@ def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int
     return rec
 
 
+def hidden_rows(scores) -> tuple[np.ndarray | None, list[str]]:
+    """The run's hidden-state rows for a batch of scores, and what their slots hold.
+
+    A row is (n_positions * n_kept, hidden): the last prompt token at every kept
+    layer, then (when the backend kept it) the mean over the *predicted*
+    option's tokens at every kept layer.
+    """
+    if not scores or scores[0].hidden is None:
+        return None, []
+    if all(s.answer_hidden is not None for s in scores):
+        rows = [np.concatenate([s.hidden, s.answer_hidden[int(np.argmax(s.logprobs))]]) for s in scores]
+        return np.stack(rows), ["last_prompt", "answer_mean"]  # (batch, 2 * n_kept, hidden)
+    return np.stack([s.hidden for s in scores]), ["last_prompt"]  # (batch, n_kept, hidden)
+
+
 def measure(
     run: RunDir,
     items: Sequence[MCItem],
@@ -70,14 +85,12 @@ def measure(
             batch = todo[start: start + chunk]
             requests = [build_request(it, style, chat_template) for it in batch]
             scores = backend.score_mc(requests, progress=bar.advance)
-            hidden = None
-            if scores and scores[0].hidden is not None:
-                hidden = np.stack([s.hidden for s in scores])  # (batch, n_layers_kept, hidden)
+            hidden, positions = hidden_rows(scores)
             records = [
                 sample_record(it, req.context, sc, style, n_done + i if hidden is not None else None)
                 for i, (it, req, sc) in enumerate(zip(batch, requests, scores))
             ]
-            run.append(records, hidden)
+            run.append(records, hidden, positions)
             n_done += len(batch)
     finally:
         bar.close()

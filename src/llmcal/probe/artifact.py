@@ -47,6 +47,7 @@ class ProbeArtifact:
     probe: Probe
     combiner: Combiner | None = None
     info: dict[str, Any] = field(default_factory=dict)  # how it was fitted: run, split, metrics
+    positions: list[str] = field(default_factory=lambda: ["last_prompt"])  # token positions read per layer
 
     # ------------------------------------------------------------ compatibility
     def check_model(self, other: ModelInfo) -> None:
@@ -78,7 +79,7 @@ class ProbeArtifact:
     def design(self, rf: RunFeatures) -> np.ndarray:
         """The probe's input for these runs' items, (n, D), after :meth:`check_model`."""
         self.check_model(rf.model)
-        return design_matrix(rf, self.layers, self.use_cheap)
+        return design_matrix(rf, self.layers, self.use_cheap, self.positions)
 
     def probe_logits(self, rf: RunFeatures) -> np.ndarray:
         return self.probe.logit(self.design(rf))  # (n,)
@@ -92,18 +93,23 @@ class ProbeArtifact:
         return out
 
     def predict_one(self, sample: dict[str, Any], hidden: np.ndarray | None,
-                    kept_layers: list[int] | None = None) -> dict[str, float]:
+                    kept_layers: list[int] | None = None,
+                    kept_positions: list[str] | None = None) -> dict[str, float]:
         """One answer, as it is produced: its ``samples.jsonl`` record and hidden row.
 
-        ``hidden`` (n_kept, hidden_size): the answer's hidden states at ``kept_layers``
-        (default: the layers of the run the probe was trained on).  The model check is
+        ``hidden`` (n_kept_positions * n_kept, hidden_size): the answer's hidden row
+        as a run stores it, position-major over ``kept_positions`` (default: the
+        probe's positions) and ``kept_layers`` (default: the layers of the run the
+        probe was trained on).  The model check is
         the caller's, once per run (:meth:`check_model`), not once per answer.
         Returns ``{"external": p, "combined": c}``.
         """
         kept = self.model.layers if kept_layers is None else kept_layers
+        kept_pos = self.positions if kept_positions is None else kept_positions
         parts = []
         if self.layers:
-            parts.append(np.asarray(hidden, dtype=np.float64)[[kept.index(x) for x in self.layers]].ravel())
+            slots = [kept_pos.index(p) * len(kept) + kept.index(x) for p in self.positions for x in self.layers]
+            parts.append(np.asarray(hidden, dtype=np.float64)[slots].ravel())
         if self.use_cheap:
             parts.append(cheap_features_one(sample))
         x = np.concatenate(parts)[None, :]  # (1, D)
@@ -122,7 +128,7 @@ class ProbeArtifact:
             "model": self.model.to_dict(),
             "layers": list(self.layers),
             "features": {
-                "hidden": "last prompt token" if self.layers else None,
+                "hidden": list(self.positions) if self.layers else None,
                 "cheap": list(CHEAP_FEATURES) if self.use_cheap else [],
                 "n_columns": int(self.probe.n_features),
             },
@@ -176,7 +182,12 @@ class ProbeArtifact:
                           [int(x) for x in m.get("layers", [])])
         return cls(model=model, layers=[int(x) for x in meta["layers"]],
                    use_cheap=bool(meta["features"]["cheap"]), probe=probe, combiner=combiner,
-                   info=meta.get("info") or {})
+                   info=meta.get("info") or {}, positions=_positions(meta["features"].get("hidden")))
+
+
+def _positions(hidden: Any) -> list[str]:
+    # artifacts before the answer-mean feature wrote the string "last prompt token"
+    return list(hidden) if isinstance(hidden, list) else ["last_prompt"]
 
 
 def _json_path(path: str | os.PathLike) -> Path:

@@ -9,18 +9,20 @@ Everything here was produced by the one forward pass that scored the item
   "Language Models (Mostly) Know What They Know") and by the linear probes of
   Azaria & Mitchell 2023 ("The Internal State of an LLM Knows When It's
   Lying") and Liu et al. 2024 ("Uncertainty Estimation and Quantification for
-  LLMs: A Simple Supervised Approach").  The multiple-choice scorer does not
-  keep hidden states of the answer tokens, so the "mean over answer tokens"
-  pooling of the brief is not available from a run folder; the answer enters
-  through the cheap output features below instead.
+  LLMs: A Simple Supervised Approach").
+* **the mean hidden state over the predicted answer's tokens** at the same
+  layers (position ``answer_mean``), from the same packed pass: the pooling of
+  the answer used by Liu et al. 2024 and CCS-style probes, which sees what the
+  model made of its own answer rather than only the question.
 * **cheap input/output features** (:data:`CHEAP_FEATURES`): lengths of the
   prompt and of the chosen option, the number of options, the option
   log-likelihoods and every internal signal (as logits where they are
   probabilities).
 
-Shapes: ``hidden`` (n_items, n_layers_kept, hidden_size) float32, ``cheap``
-(n_items, len(CHEAP_FEATURES)) float64, a probe's design matrix
-(n_items, len(layers) * hidden_size + n_cheap).
+Shapes: ``hidden`` (n_items, n_positions * n_layers_kept, hidden_size)
+float32, position-major (:data:`POSITIONS`), ``cheap`` (n_items,
+len(CHEAP_FEATURES)) float64, a probe's design matrix (n_items,
+len(positions) * len(layers) * hidden_size + n_cheap).
 """
 
 from __future__ import annotations
@@ -59,6 +61,10 @@ CHEAP_FEATURES = (
 # probe rank PIQA answers worse than chance when fitted on the other tasks.
 
 _EPS = 1e-6
+
+
+# the token positions a run folder can hold hidden states for
+POSITIONS = ("last_prompt", "answer_mean")
 
 
 def logit(p: np.ndarray | float, eps: float = _EPS) -> np.ndarray:
@@ -170,8 +176,9 @@ def compute_run_fingerprint(cfg: dict[str, Any]) -> str:
 class RunFeatures:
     """Everything a probe needs from one or more run folders of the same model.
 
-    ``hidden`` (n, n_kept, hidden_size) float32 in sample order (row ``i`` is the
-    hidden state of ``ids[i]``), ``cheap`` (n, n_cheap), ``signals[name]`` (n,),
+    ``hidden`` (n, n_positions * n_kept, hidden_size) float32 in sample order
+    (row ``i`` is the hidden states of ``ids[i]``; slot ``p * n_kept + j`` is
+    position ``positions[p]`` at kept layer ``j``), ``cheap`` (n, n_cheap), ``signals[name]`` (n,),
     ``correct`` (n,) 0/1 float, ``tasks`` (n,) str.
     """
 
@@ -185,6 +192,7 @@ class RunFeatures:
     option_logprobs: list[list[float]]
     references: np.ndarray
     sources: list[str] = field(default_factory=list)
+    positions: list[str] = field(default_factory=lambda: ["last_prompt"])
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -202,6 +210,7 @@ class RunFeatures:
             option_logprobs=[self.option_logprobs[i] for i in idx],
             references=self.references[idx],
             sources=self.sources,
+            positions=self.positions,
         )
 
     def option_logit_matrix(self) -> np.ndarray:
@@ -214,10 +223,12 @@ class RunFeatures:
 
 
 def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.ndarray | None,
-                          model: ModelInfo, source: str = "") -> RunFeatures:
+                          model: ModelInfo, source: str = "",
+                          positions: Sequence[str] = ("last_prompt",)) -> RunFeatures:
     """Build :class:`RunFeatures` from sample records and the run's hidden rows.
 
-    ``hidden_rows`` (n_rows, n_kept, hidden_size) is indexed by each sample's ``hidden_row``.
+    ``hidden_rows`` (n_rows, len(positions) * n_kept, hidden_size) is indexed by
+    each sample's ``hidden_row``.
     """
     if not samples:
         raise ValueError(f"{source or 'samples'}: no samples")
@@ -226,10 +237,11 @@ def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.nda
         rows = np.array([s.get("hidden_row", -1) for s in samples], dtype=np.int64)
         if (rows < 0).any() or (rows >= len(hidden_rows)).any():
             raise RunDirError(f"{source}: some samples have no hidden-state row")
-        hidden = np.asarray(hidden_rows[rows], dtype=np.float32)  # (n, n_kept, hidden)
-        if hidden.shape[1:] != (len(model.layers), model.hidden_size):
+        hidden = np.asarray(hidden_rows[rows], dtype=np.float32)  # (n, n_pos * n_kept, hidden)
+        if hidden.shape[1:] != (len(positions) * len(model.layers), model.hidden_size):
             raise RunDirError(f"{source}: hidden rows of shape {hidden.shape[1:]} do not match the model's "
-                              f"{len(model.layers)} kept layers x {model.hidden_size}")
+                              f"{len(positions)} positions x {len(model.layers)} kept layers x "
+                              f"{model.hidden_size}")
     return RunFeatures(
         ids=[str(s["id"]) for s in samples],
         tasks=np.array([str(s["task"]) for s in samples]),
@@ -241,6 +253,7 @@ def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.nda
         option_logprobs=[list(map(float, s["option_logprobs"])) for s in samples],
         references=np.array([int(s["reference"]) for s in samples], dtype=np.int64),
         sources=[source] if source else [],
+        positions=list(positions),
     )
 
 
@@ -250,7 +263,8 @@ def load_run_features(path: str | Path, compute_fingerprint: bool = True) -> Run
     model = run_model_info(run, compute_fingerprint=compute_fingerprint)
     samples = run.read_samples()
     hidden = run.load_hidden() if run.hidden_meta_path.exists() else None
-    return features_from_samples(samples, hidden, model, source=str(run.path))
+    return features_from_samples(samples, hidden, model, source=str(run.path),
+                                 positions=run.hidden_positions() or ["last_prompt"])
 
 
 def same_model(a: ModelInfo, b: ModelInfo) -> str | None:
@@ -279,6 +293,11 @@ def concat_features(parts: Sequence[RunFeatures]) -> RunFeatures:
     if len(set(ids)) != len(ids):
         raise ValueError("the same item appears in two of the pooled runs")
     has_hidden = all(p.hidden is not None for p in parts)
+    positions = first.positions
+    if has_hidden and any(p.positions != positions for p in parts):
+        # pool what every run holds: drop the positions some runs lack
+        positions = [x for x in first.positions if all(x in p.positions for p in parts)]
+        parts = [_keep_positions(p, positions) for p in parts]
     return RunFeatures(
         ids=ids,
         tasks=np.concatenate([p.tasks for p in parts]),
@@ -290,14 +309,34 @@ def concat_features(parts: Sequence[RunFeatures]) -> RunFeatures:
         option_logprobs=[x for p in parts for x in p.option_logprobs],
         references=np.concatenate([p.references for p in parts]),
         sources=[s for p in parts for s in p.sources],
+        positions=list(positions),
     )
 
 
-def design_matrix(rf: RunFeatures, layers: Sequence[int] | None, use_cheap: bool = True) -> np.ndarray:
-    """The probe's input, (n, len(layers) * hidden_size + n_cheap) float64.
+def _slots(rf: RunFeatures, positions: Sequence[str], layers: Sequence[int]) -> list[int]:
+    """Hidden-row slots of ``positions`` x ``layers``, position-major."""
+    n_kept = len(rf.model.layers)
+    missing = [p for p in positions if p not in rf.positions]
+    if missing:
+        raise ValueError(f"positions {missing} were not kept by the run (kept: {rf.positions}); "
+                         "answer_mean needs a run measured by llmcal 0.1 with hidden layers")
+    return [rf.positions.index(p) * n_kept + rf.model.layers.index(x) for p in positions for x in layers]
+
+
+def _keep_positions(rf: RunFeatures, positions: Sequence[str]) -> RunFeatures:
+    from dataclasses import replace
+
+    slots = _slots(rf, positions, rf.model.layers)
+    return replace(rf, hidden=rf.hidden[:, slots], positions=list(positions))
+
+
+def design_matrix(rf: RunFeatures, layers: Sequence[int] | None, use_cheap: bool = True,
+                  positions: Sequence[str] = ("last_prompt",)) -> np.ndarray:
+    """The probe's input, (n, len(positions) * len(layers) * hidden_size + n_cheap) float64.
 
     ``layers`` are non-negative layer indices that must be among the run's kept
-    layers (None = all kept layers, in the run's order; [] = cheap features only).
+    layers (None = all kept layers, in the run's order; [] = cheap features only);
+    ``positions`` the token positions (:data:`POSITIONS`) read at each of them.
     """
     blocks = []
     layers = list(rf.model.layers) if layers is None else [int(x) for x in layers]
@@ -307,8 +346,8 @@ def design_matrix(rf: RunFeatures, layers: Sequence[int] | None, use_cheap: bool
         missing = [x for x in layers if x not in rf.model.layers]
         if missing:
             raise ValueError(f"layers {missing} were not kept by the run (kept: {rf.model.layers})")
-        pos = [rf.model.layers.index(x) for x in layers]
-        blocks.append(rf.hidden[:, pos, :].reshape(len(rf), -1).astype(np.float64))  # (n, L*d)
+        slots = _slots(rf, positions, layers)
+        blocks.append(rf.hidden[:, slots, :].reshape(len(rf), -1).astype(np.float64))  # (n, P*L*d)
     if use_cheap:
         blocks.append(rf.cheap)
     if not blocks:

@@ -57,6 +57,7 @@ class ProbeSettings:
     probe: str = "logistic"                  # logistic | mlp
     layers: list[int] | None = None          # non-negative hidden-state indices; None = all kept
     use_cheap: bool = True                   # cheap input/output features beside the hidden block
+    positions: list[str] | None = None       # token positions read at each layer; None = all the run kept
     n_components: int | None = DEFAULT_COMPONENTS
     calibrator: str = "platt"                # after the stacker (llmcal.calibrators name)
     stack_signals: list[str] = field(default_factory=lambda: list(SIGNALS))  # internal signals the stacker reads
@@ -91,8 +92,10 @@ def temperature_confidence(logits: np.ndarray, temperature: float) -> np.ndarray
 
 def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact:
     layers = list(rf.model.layers) if s.layers is None else [int(x) for x in s.layers]
-    X = design_matrix(rf, layers, s.use_cheap)  # (n, len(layers) * hidden + n_cheap)
-    probe = make_probe(kind, n_hidden=len(layers) * rf.model.hidden_size, n_components=s.n_components,
+    positions = list(rf.positions) if s.positions is None else list(s.positions)
+    X = design_matrix(rf, layers, s.use_cheap, positions)  # (n, P * L * hidden + n_cheap)
+    probe = make_probe(kind, n_hidden=len(positions) * len(layers) * rf.model.hidden_size,
+                       n_components=s.n_components,
                        n_folds=s.n_folds, seed=s.seed)
     probe, comb, oof = fit_probe_and_combiner(probe, X, rf.signals, rf.correct, s.calibrator, s.n_folds, s.seed,
                                               stack=s.stack_signals)
@@ -103,6 +106,7 @@ def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact
         cal_auroc = {name: float(M.auroc(rf.signals[sig], rf.correct)) for name, sig in RAW_SIGNALS.items()}
         cal_auroc["external"] = float(M.auroc(1.0 / (1.0 + np.exp(-oof)), rf.correct))
     return ProbeArtifact(model=rf.model, layers=layers, use_cheap=s.use_cheap, probe=probe, combiner=comb,
+                         positions=positions,
                          info={"n_cal": len(rf), "tasks": sorted(set(rf.tasks.tolist())),
                                "accuracy_cal": float(rf.correct.mean()), "settings": s.to_dict(),
                                "cal_auroc": cal_auroc})

@@ -4,8 +4,9 @@ Layout of ``runs/<name>/`` (lm-eval's output folder, plus what calibration needs
 
     config.json          what was asked (model, tasks, prompt style, dtype, seed)
     samples.jsonl        one line an item: prompt, choices, prediction, every signal
-    hidden_states.bin    float32 rows (n_items, n_layers_kept, hidden), row i <-> "hidden_row": i
-    hidden_states.json   the shape and dtype of those rows
+    hidden_states.bin    float32 rows (n_items, n_positions * n_layers_kept, hidden), row i <-> "hidden_row": i
+                         (positions: the last prompt token, the mean over the predicted answer's tokens)
+    hidden_states.json   the shape, dtype and positions of those rows
     results.json         metrics before/after calibration (versioned schema)
     calibration.json     the fitted calibrators, reloadable
     report.html          the self-contained report
@@ -138,11 +139,16 @@ class RunDir:
             raise RunDirError(f"{self.path}: no samples.jsonl; run `llmcal measure` first")
         return self.repair()
 
-    def append(self, samples: list[dict[str, Any]], hidden: np.ndarray | None) -> None:
-        """Append one batch: hidden rows, then sample lines, both fsynced."""
+    def append(self, samples: list[dict[str, Any]], hidden: np.ndarray | None,
+               positions: list[str] | None = None) -> None:
+        """Append one batch: hidden rows, then sample lines, both fsynced.
+
+        ``positions`` names the token positions a row holds, each for every kept
+        layer (default: the last prompt token only).
+        """
         if hidden is not None:
             hidden = np.ascontiguousarray(hidden, dtype=np.float32)
-            self._write_hidden_meta(hidden.shape[1:])
+            self._write_hidden_meta(hidden.shape[1:], positions or ["last_prompt"])
             with open(self.hidden_path, "ab") as f:
                 f.write(hidden.tobytes())
                 f.flush()
@@ -154,8 +160,8 @@ class RunDir:
             os.fsync(f.fileno())
 
     # ------------------------------------------------------------ hidden states
-    def _write_hidden_meta(self, row_shape: tuple[int, ...]) -> None:
-        meta = {"dtype": "float32", "row_shape": list(row_shape)}
+    def _write_hidden_meta(self, row_shape: tuple[int, ...], positions: list[str]) -> None:
+        meta = {"dtype": "float32", "row_shape": list(row_shape), "positions": list(positions)}
         if self.hidden_meta_path.exists():
             old = json.loads(self.hidden_meta_path.read_text())
             if old != meta:
@@ -182,8 +188,14 @@ class RunDir:
             with open(self.hidden_path, "r+b") as f:
                 f.truncate(n_rows * row)
 
+    def hidden_positions(self) -> list[str]:
+        """What the hidden rows hold, in slot order (each for every kept layer)."""
+        if not self.hidden_meta_path.exists():
+            return []
+        return list(json.loads(self.hidden_meta_path.read_text()).get("positions", ["last_prompt"]))
+
     def load_hidden(self) -> np.ndarray:
-        """All hidden-state rows, (n_items, n_layers_kept, hidden), memory-mapped."""
+        """All hidden-state rows, (n_items, n_positions * n_layers_kept, hidden), memory-mapped."""
         if not self.hidden_meta_path.exists():
             raise RunDirError(f"{self.path}: this run kept no hidden states")
         meta = json.loads(self.hidden_meta_path.read_text())
