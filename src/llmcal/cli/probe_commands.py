@@ -37,9 +37,10 @@ def _add_probe_args(p: argparse.ArgumentParser, prefix: str = "") -> None:
     g.add_argument(f"--{prefix}layers", default="all",
                    help="hidden-state layers the probe reads, among those the run kept: 'all' (default), "
                         "'none' (cheap features only), or indices / 'mid' / 'last', comma-separated")
-    g.add_argument(f"--{prefix}positions", default="all",
-                   help="token positions read at each layer: 'all' the run kept (default), or 'last_prompt', "
-                        "'answer_mean' (mean over the answer's tokens), comma-separated")
+    g.add_argument(f"--{prefix}positions", default="auto",
+                   help="token positions read at each layer: 'auto' (default: answer_mean when the run kept it, "
+                        "else last_prompt), 'all', or 'last_prompt', 'answer_mean' (mean over the answer's "
+                        "tokens), comma-separated")
     g.add_argument(f"--{prefix}components", default="16",
                    help="principal components kept of the hidden block (default 16; 'all' = no reduction)")
     g.add_argument(f"--{prefix}no_cheap", action="store_true",
@@ -97,7 +98,7 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------ helpers
-def _settings(args: argparse.Namespace, model, prefix: str = ""):
+def _settings(args: argparse.Namespace, model, prefix: str = "", model_positions: list[str] | None = None):
     from llmcal.probe.features import abs_layer
     from llmcal.probe.protocol import ProbeSettings
 
@@ -137,7 +138,11 @@ def _settings(args: argparse.Namespace, model, prefix: str = ""):
         raise ValueError(f"--calibrator: unknown {get('calibrator')!r}; known: {', '.join(sorted(CALIBRATORS))}")
     pos_spec = str(get("positions")).strip().lower()
     positions = None
-    if pos_spec != "all":
+    if pos_spec == "all":
+        from llmcal.probe.features import POSITIONS
+
+        positions = [p for p in POSITIONS if p in model_positions] if model_positions else None
+    elif pos_spec != "auto":
         from llmcal.probe.features import POSITIONS
 
         positions = [x.strip() for x in pos_spec.split(",") if x.strip()]
@@ -175,7 +180,7 @@ def _fit_in_task(run_dir: str, args: argparse.Namespace, prefix: str = "") -> tu
     say = _say(args)
     path = Path(run_dir)
     rf = load_run_features(path, compute_fingerprint=not getattr(args, "no_fingerprint", False))
-    s = _settings(args, rf.model, prefix)
+    s = _settings(args, rf.model, prefix, rf.positions)
     cal_fraction, seed = _split_defaults(path, args)
     s.seed = seed
     say(f"fitting the {s.probe} probe and `combined` on {path} ({len(rf)} items, cal_fraction {cal_fraction}, "
@@ -265,7 +270,7 @@ def _cmd_shift(args: argparse.Namespace) -> int:
 
     say = _say(args)
     rfs = [load_run_features(p, compute_fingerprint=not args.no_fingerprint) for p in args.run_dirs]
-    s = _settings(args, rfs[0].model)
+    s = _settings(args, rfs[0].model, model_positions=rfs[0].positions)
     cal_fraction = 0.5 if args.cal_fraction is None else args.cal_fraction
     seed = 0 if args.seed is None else args.seed
     s.seed = seed
