@@ -132,8 +132,8 @@ def _mmlu(data_dir: Path | None, split: str, extra: list[str]) -> list[MCItem]:
 
 def _open_ended(task: str) -> Loader:
     def load(data_dir: Path | None, split: str, extra: list[str]) -> list[MCItem]:
-        raise TaskError(f"task {task!r} is an open-ended task, not multiple-choice: "
-                        "llmcal's loaders only read multiple-choice sets")
+        raise TaskError(f"task {task!r} is an open-ended task, not multiple-choice: `llmcal run --tasks {task}` "
+                        "generates and grades answers (llmcal.tasks.open_tasks.load_open_task)")
 
     return load
 

@@ -1,0 +1,192 @@
+"""Free-form generation with the transformers backend, keeping what the signals need.
+
+Every generated token keeps its log-probability under the model's own
+(temperature 1) distribution, the entropy of that distribution and its top-k
+alternatives, whatever temperature was used to *sample* it: the confidence
+signals of :mod:`llmcal.signals.generation` are properties of the model, and
+the sampling temperature only decides which answer is drawn (the brief's
+temperature sweep varies exactly that).
+
+Prompts are left-padded and generated as one batch (``n`` samples per prompt
+via ``num_return_sequences``).  Generation stops at the end-of-sequence token,
+at ``max_new_tokens``, or at the first of the ``stop`` strings; text and
+tokens are cut at the same place so the log-probabilities describe exactly
+the returned text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+# Stop at the end of the first line of an answer unless told otherwise: the
+# open tasks ask for a short answer, and the model otherwise keeps talking.
+DEFAULT_STOP = ("\n",)
+
+
+@dataclass
+class Generation:
+    """One generated answer and its per-token evidence."""
+
+    text: str
+    token_ids: list[int]
+    # token_logprobs/entropies/top_logprobs cover the answer's tokens; an empty
+    # answer keeps the one token that ended it (so every answer has evidence)
+    token_logprobs: np.ndarray  # (n,) float64: log p(token | prefix) at temperature 1
+    entropies: np.ndarray  # (n,) float64: entropy (nats) of the next-token distribution
+    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)  # per token, top-k
+    finish_reason: str = "stop"  # "stop" (eos or a stop string) or "length"
+
+    def to_dict(self) -> dict:
+        return {
+            "text": self.text,
+            "token_ids": list(self.token_ids),
+            "token_logprobs": [float(x) for x in self.token_logprobs],
+            "entropies": [float(x) for x in self.entropies],
+            "top_logprobs": [[[t, float(lp)] for t, lp in row] for row in self.top_logprobs],
+            "finish_reason": self.finish_reason,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Generation":
+        return cls(
+            text=d["text"],
+            token_ids=list(d["token_ids"]),
+            token_logprobs=np.asarray(d["token_logprobs"], dtype=np.float64),
+            entropies=np.asarray(d["entropies"], dtype=np.float64),
+            top_logprobs=[[(t, float(lp)) for t, lp in row] for row in d.get("top_logprobs", [])],
+            finish_reason=d.get("finish_reason", "stop"),
+        )
+
+
+def end_token_ids(backend) -> list[int]:
+    """Every token that ends an answer: the tokenizer's end-of-sequence token, the model's
+    generation config's (often a list), and a chat template's end-of-turn token (``<|im_end|>``,
+    ``<|eot_id|>``, ``<end_of_turn>``) when the vocabulary has one."""
+    tok = backend.tokenizer
+    ids: list[int] = []
+    cfg = getattr(backend.model, "generation_config", None)
+    for cand in (getattr(cfg, "eos_token_id", None), tok.eos_token_id):
+        for i in (cand if isinstance(cand, (list, tuple)) else [cand]):
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    vocab = tok.get_vocab() if hasattr(tok, "get_vocab") else {}
+    for name in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
+        if name in vocab and vocab[name] not in ids:
+            ids.append(int(vocab[name]))
+    return ids
+
+
+def _cut_at_stop(backend, ids: list[int], stop: Sequence[str]) -> tuple[int, str, bool]:
+    """How many tokens to keep so the text ends before the first stop string.
+
+    Returns (tokens kept, text, whether a stop string was hit).  A token that
+    straddles the stop string is dropped with it.
+    """
+    text = backend.tokenizer.decode(ids, skip_special_tokens=True)
+    cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
+    if cut < 0:
+        return len(ids), text, False
+    keep = len(ids)
+    while keep > 0 and len(backend.tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
+        keep -= 1
+    return keep, text[:cut], True
+
+
+def generate(
+    backend,
+    prompts: Sequence[str],
+    *,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    n: int = 1,
+    seed: int = 0,
+    top_k: int = 5,
+    stop: Sequence[str] | None = DEFAULT_STOP,
+) -> list[list[Generation]]:
+    """Generate ``n`` answers for each prompt; greedy when ``temperature`` is 0.
+
+    Returns one list of ``n`` :class:`Generation` per prompt, in prompt order.
+    """
+    import torch
+
+    if temperature < 0:
+        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    if temperature == 0 and n > 1:
+        raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives one answer)")
+    if not prompts:
+        return []
+    tok = backend.tokenizer
+    model = backend.model
+    eos_ids = end_token_ids(backend)
+    eos = eos_ids[0] if eos_ids else None
+    pad = tok.pad_token_id if tok.pad_token_id is not None else eos
+    encoded = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    width = max(len(e) for e in encoded)
+    input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (b, t) left-padded
+    attention = torch.zeros((len(encoded), width), dtype=torch.long)
+    for r, e in enumerate(encoded):
+        input_ids[r, width - len(e):] = torch.tensor(e)
+        attention[r, width - len(e):] = 1
+    torch.manual_seed(seed)
+    kwargs = dict(
+        max_new_tokens=int(max_new_tokens),
+        num_return_sequences=int(n),
+        return_dict_in_generate=True,
+        output_logits=True,
+        pad_token_id=pad,
+        eos_token_id=eos_ids or None,
+    )
+    stop = tuple(stop or ())
+    if stop:
+        kwargs.update(stop_strings=list(stop), tokenizer=tok)  # halt early, not only cut afterwards
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+    else:
+        kwargs.update(do_sample=False, temperature=None, top_k=None, top_p=None)
+    with torch.inference_mode():
+        out = model.generate(
+            input_ids=input_ids.to(backend.device), attention_mask=attention.to(backend.device), **kwargs
+        )
+        new = out.sequences[:, width:].cpu()  # (b * n, steps)
+        logits = torch.stack(out.logits, dim=1).float().cpu()  # (b * n, steps, vocab) raw, T = 1
+        logp = torch.log_softmax(logits, dim=-1)
+        chosen = logp.gather(2, new[:, :, None]).squeeze(2).double().numpy()  # (b * n, steps)
+        ent = -(logp.exp() * logp).nan_to_num().sum(-1).double().numpy()  # (b * n, steps)
+        top_lp, top_ids = logp.topk(top_k, dim=-1) if top_k > 0 else (None, None)
+
+    results: list[list[Generation]] = []
+    for row in range(new.shape[0]):
+        ids = new[row].tolist()
+        finish = "length"
+        ends = [ids.index(e) for e in eos_ids if e in ids]
+        if ends:
+            ids = ids[: min(ends)]
+            finish = "stop"
+        keep, text, hit = _cut_at_stop(backend, ids, stop)
+        if hit:
+            finish = "stop"
+        # An empty answer (the model stopped at once) keeps the evidence of the
+        # token that ended it, so its signals say how sure it was of stopping.
+        span = keep if keep > 0 else min(1, new.shape[1])
+        alts = []
+        if top_lp is not None:
+            for s in range(span):
+                alts.append([(tok.decode([int(t)]), float(v))
+                             for t, v in zip(top_ids[row, s].tolist(), top_lp[row, s].tolist())])
+        gen = Generation(
+            text=text.strip(),
+            token_ids=ids[:keep],
+            token_logprobs=chosen[row, :span].copy(),
+            entropies=ent[row, :span].copy(),
+            top_logprobs=alts,
+            finish_reason=finish,
+        )
+        if row % n == 0:
+            results.append([])
+        results[-1].append(gen)
+    return results

@@ -1,0 +1,255 @@
+"""Step 1 of an open-ended run: generate, grade, and compute every confidence signal.
+
+For each question (batched, resumable like :mod:`llmcal.pipeline.measure`):
+
+1. the greedy answer (or, for the temperature sweep, one sampled at
+   ``answer_temperature``), with its token log-probabilities (``backends/generation``),
+   graded by the item's grader (``tasks/graders``); the token-probability
+   signals come free with it (``signals/generation``);
+2. ``ptrue``: one scoring pass over "Is the proposed answer True/False?"
+   (``signals/ptrue``, Kadavath et al. 2022);
+3. ``verbalized`` / ``verbalized_percent``: the brief's follow-up question
+   in the same conversation, a short greedy reply, parsed
+   (``signals/verbalized``); unreadable replies are recorded as missing;
+4. ``agreement`` / ``semantic_entropy``: ``k`` answers sampled at
+   ``sample_temperature``, clustered by meaning with the greedy one
+   (``signals/agreement``, ``backends/embedder``).
+
+Each record keeps what each signal cost (seconds, extra forward passes,
+extra generated tokens, per item) so ``benchmarks/signals.py`` can tabulate it.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from llmcal.records.run_dir import RunDir
+from llmcal.tasks.graders import grade, normalize
+from llmcal.tasks.open_item import OpenItem
+
+FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement")
+DEFAULT_FAMILIES = ("tokens", "ptrue", "verbalized", "agreement")
+INSTRUCTION = "Answer the question in a few words."
+GSM8K_INSTRUCTION = "Solve the problem step by step, then write 'The answer is <number>.'"
+
+
+@dataclass
+class OpenSettings:
+    """What an open-ended run generates and which signals it computes."""
+
+    families: tuple[str, ...] = DEFAULT_FAMILIES
+    k_samples: int = 5
+    sample_temperature: float = 0.8
+    max_new_tokens: int = 32
+    max_new_tokens_math: int = 192
+    chat: bool = True
+    seed: int = 0
+    embedder_dir: str | None = None
+    answer_temperature: float = 0.0  # 0 = the greedy answer; > 0 = a sampled one (the temperature sweep)
+
+    def __post_init__(self) -> None:
+        bad = [f for f in self.families if f not in FAMILIES]
+        if bad:
+            raise ValueError(f"--signals: unknown {bad}; known: {', '.join(FAMILIES)}")
+        if "agreement" in self.families and self.k_samples < 2:
+            raise ValueError(f"--k_samples: agreement needs at least 2 samples, got {self.k_samples}")
+        if self.sample_temperature <= 0:
+            raise ValueError(f"--sample_temperature must be > 0, got {self.sample_temperature}")
+        if self.answer_temperature < 0:
+            raise ValueError(f"answer temperature must be >= 0, got {self.answer_temperature}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "families": list(self.families)}
+
+
+def _user_message(item: OpenItem) -> str:
+    instruction = GSM8K_INSTRUCTION if item.grader == "numeric" else INSTRUCTION
+    return f"{instruction}\n\nQuestion: {item.question.strip()}"
+
+
+def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str:
+    """The prompt for a conversation: the model's chat template, or plain ``Question:/Answer:`` text."""
+    if chat and getattr(backend.tokenizer, "chat_template", None):
+        return backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = []
+    for m in messages:
+        lines.append(("Answer: " if m["role"] == "assistant" else "") + m["content"])
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def answer_prompt(backend, item: OpenItem, chat: bool) -> str:
+    return chat_prompt(backend, [{"role": "user", "content": _user_message(item)}], chat)
+
+
+def _stop(item: OpenItem) -> tuple[str, ...]:
+    return () if item.grader == "numeric" else ("\n",)
+
+
+def _max_tokens(item: OpenItem, s: OpenSettings) -> int:
+    return s.max_new_tokens_math if item.grader == "numeric" else s.max_new_tokens
+
+
+def measure_open(
+    run: RunDir,
+    items: Sequence[OpenItem],
+    backend_factory: Callable[[], Any],
+    settings: OpenSettings,
+    chunk: int = 16,
+    progress: bool = True,
+    embedder_factory: Callable[[], Any] | None = None,
+) -> int:
+    """Answer the items not yet recorded; return how many were answered now."""
+    from llmcal.pipeline.measure import _progress
+
+    done = {s["id"] for s in run.repair()}
+    todo = [it for it in items if it.id not in done]
+    if not todo:
+        return 0
+    backend = backend_factory()
+    embedder = None
+    if "agreement" in settings.families:
+        if embedder_factory is None:
+            from llmcal.backends.embedder import Embedder
+
+            embedder = Embedder(settings.embedder_dir)
+        else:
+            embedder = embedder_factory()
+    bar = _progress(progress, total=len(items), done=len(done), label="answering")
+    try:
+        for start in range(0, len(todo), chunk):
+            batch = todo[start: start + chunk]
+            # one call per stop/length group keeps batches homogeneous (GSM8K reasons at length)
+            records = answer_batch(backend, batch, settings, embedder, seed=settings.seed + start)
+            run.append(records, None)
+            bar.advance(len(batch))
+    finally:
+        bar.close()
+    return len(todo)
+
+
+def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=None,
+                 seed: int = 0) -> list[dict[str, Any]]:
+    """Every record for one batch of items (see the module docstring)."""
+    from llmcal.backends.generation import generate
+    from llmcal.signals.generation import token_signals
+
+    vocab = int(getattr(backend.model.config, "vocab_size", 0) or 0) or None
+    n = len(items)
+    prompts = [answer_prompt(backend, it, s.chat) for it in items]
+    cost: list[dict[str, dict[str, float]]] = [{} for _ in items]
+    greedy = [None] * n
+    t0 = time.perf_counter()
+    for group in _groups(items):
+        gens = generate(backend, [prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
+                        temperature=s.answer_temperature, seed=seed + 7919, stop=_stop(items[group[0]]))
+        for i, g in zip(group, gens):
+            greedy[i] = g[0]
+    per = (time.perf_counter() - t0) / n
+    for i in range(n):
+        cost[i]["greedy"] = {"seconds": per, "forward_passes": 0, "gen_tokens": 0,
+                             "answer_tokens": len(greedy[i].token_ids)}
+    records = []
+    for i, it in enumerate(items):
+        g = greedy[i]
+        records.append({
+            "id": it.id, "task": it.task, "kind": "open", "prompt": prompts[i], "question": it.question,
+            "answers": list(it.answers), "grader": it.grader, "prediction_text": g.text,
+            "correct": bool(grade(it.grader, g.text, it.answers, it.incorrect)),
+            "finish_reason": g.finish_reason, "n_tokens": len(g.token_ids),
+            "signals": {}, "missing": [], "meta": it.meta, "cost": cost[i],
+        })
+        if "tokens" in s.families:
+            records[i]["signals"].update(token_signals(g, vocab))
+            if np.isnan(records[i]["signals"]["first_token_margin"]):
+                del records[i]["signals"]["first_token_margin"]
+                records[i]["missing"].append("first_token_margin")
+            cost[i]["tokens"] = {"seconds": 0.0, "forward_passes": 0, "gen_tokens": 0}
+
+    if "ptrue" in s.families:
+        from llmcal.signals.ptrue import ptrue_from_logprobs, ptrue_request
+
+        t0 = time.perf_counter()
+        scores = backend.score_mc([ptrue_request(it.question, greedy[i].text) for i, it in enumerate(items)])
+        per = (time.perf_counter() - t0) / n
+        for i, sc in enumerate(scores):
+            records[i]["signals"]["ptrue"] = ptrue_from_logprobs(sc.logprobs[0], sc.logprobs[1])
+            cost[i]["ptrue"] = {"seconds": per, "forward_passes": 1, "gen_tokens": 0}
+
+    for family, scale in (("verbalized", "1-10"), ("verbalized_percent", "percent")):
+        if family in s.families:
+            _verbalized(backend, items, greedy, records, s, family, scale)
+
+    if "agreement" in s.families:
+        t0 = time.perf_counter()
+        sampled: list[list[str]] = [[] for _ in items]
+        for group in _groups(items):
+            gens = generate(backend, [prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
+                            temperature=s.sample_temperature, n=s.k_samples, seed=seed,
+                            stop=_stop(items[group[0]]))
+            for i, g in zip(group, gens):
+                sampled[i] = [x.text for x in g]
+        gen_tokens = [0] * n
+        per_gen = (time.perf_counter() - t0) / n
+        t1 = time.perf_counter()
+        _agreement(items, greedy, sampled, records, embedder)
+        per_embed = (time.perf_counter() - t1) / n
+        for i in range(n):
+            gen_tokens[i] = sum(len(backend.tokenizer(x, add_special_tokens=False).input_ids) for x in sampled[i])
+            cost[i]["agreement"] = {"seconds": per_gen + per_embed, "forward_passes": 0,
+                                    "gen_tokens": gen_tokens[i], "samples": s.k_samples}
+    return records
+
+
+def _groups(items: Sequence[OpenItem]) -> list[list[int]]:
+    """Indices grouped by generation settings (math items reason at length, others stop at a newline)."""
+    out: dict[str, list[int]] = {}
+    for i, it in enumerate(items):
+        out.setdefault("math" if it.grader == "numeric" else "short", []).append(i)
+    return list(out.values())
+
+
+def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, scale: str) -> None:
+    from llmcal.backends.generation import generate
+    from llmcal.signals.verbalized import SCALES, parse_confidence
+
+    t0 = time.perf_counter()
+    prompts = [chat_prompt(backend, [
+        {"role": "user", "content": _user_message(it)},
+        {"role": "assistant", "content": greedy[i].text or "(no answer)"},
+        {"role": "user", "content": SCALES[scale]},
+    ], s.chat) for i, it in enumerate(items)]
+    gens = generate(backend, prompts, max_new_tokens=12, temperature=0.0, stop=("\n",))
+    per = (time.perf_counter() - t0) / len(items)
+    for i, g in enumerate(gens):
+        reply = g[0].text
+        value = parse_confidence(reply, scale)
+        records[i].setdefault("replies", {})[family] = reply
+        if value is None:
+            records[i]["missing"].append(family)
+        else:
+            records[i]["signals"][family] = float(value)
+        records[i]["cost"][family] = {"seconds": per, "forward_passes": 0, "gen_tokens": len(g[0].token_ids)}
+
+
+def _agreement(items, greedy, sampled, records, embedder) -> None:
+    from llmcal.signals.agreement import cluster_agreement, cluster_answers, semantic_entropy_conf
+
+    texts = [[greedy[i].text] + sampled[i] for i in range(len(items))]
+    flat = [t or "(no answer)" for ts in texts for t in ts]
+    emb = embedder.encode(flat) if embedder is not None else None
+    offset = 0
+    for i, ts in enumerate(texts):
+        if emb is not None:
+            ids = cluster_answers(ts, emb[offset: offset + len(ts)])
+        else:  # no embedder: normalized text equality
+            keys = {}
+            ids = np.array([keys.setdefault(normalize(t), len(keys)) for t in ts])
+        offset += len(ts)
+        records[i]["samples"] = sampled[i]
+        records[i]["cluster_ids"] = [int(x) for x in ids]
+        records[i]["signals"]["agreement"] = cluster_agreement(ids)
+        records[i]["signals"]["semantic_entropy"] = semantic_entropy_conf(ids)
