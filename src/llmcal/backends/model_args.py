@@ -22,8 +22,9 @@ _KNOWN_KEYS = {
 }
 
 
-def parse_model_args(text: str | None) -> dict[str, object]:
-    """Parse ``k=v,k=v`` into a dict, rejecting unknown keys by name."""
+def parse_model_args(text: str | None, known: frozenset[str] | set[str] | None = None) -> dict[str, object]:
+    """Parse ``k=v,k=v`` into a dict, rejecting keys not in ``known`` (default: the hf keys) by name."""
+    known = _KNOWN_KEYS if known is None else known
     out: dict[str, object] = {}
     if not text:
         return out
@@ -34,9 +35,9 @@ def parse_model_args(text: str | None) -> dict[str, object]:
         if "=" not in part:
             raise ValueError(f"--model_args: {part!r} is not of the form key=value")
         key, value = (s.strip() for s in part.split("=", 1))
-        if key not in _KNOWN_KEYS:
+        if key not in known:
             raise ValueError(
-                f"--model_args: unknown key {key!r}; known keys: {', '.join(sorted(_KNOWN_KEYS))}"
+                f"--model_args: unknown key {key!r}; known keys: {', '.join(sorted(known))}"
             )
         out[key] = _convert(value)
     return out
