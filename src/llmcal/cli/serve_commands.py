@@ -1,0 +1,127 @@
+"""``llmcal serve``: the calibrated model behind an OpenAI-compatible API and a web page.
+
+    llmcal serve --run runs/NAME                  # the run's model, with the run's calibration
+    llmcal serve --upstream http://127.0.0.1:8080/v1 --run runs/NAME   # a calibrating proxy (vLLM, llama.cpp)
+    LLMCAL_API_KEY=secret llmcal serve --run runs/NAME --host 0.0.0.0
+
+Needs the ``serve`` extra (fastapi, uvicorn, httpx).  See docs/serve.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``serve`` to ``llmcal``'s subcommands."""
+    p = subparsers.add_parser("serve", help="serve the calibrated model: OpenAI-compatible API + web page",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    g = p.add_argument_group("model and calibration")
+    g.add_argument("--run", default=None,
+                   help="run folder whose model and calibration to serve (default: the latest under runs/; "
+                        "'none' = uncalibrated)")
+    g.add_argument("--model_args", "--model-args", default="",
+                   help="without a run: the model (lm-eval style, empty = the embedded model); with a run it "
+                        "must match the run's")
+    g.add_argument("--upstream", default=None, metavar="URL",
+                   help="answer through this OpenAI-compatible server (e.g. http://127.0.0.1:8080/v1: vLLM, "
+                        "llama.cpp) instead of a local model; the run calibrates its answers")
+    g.add_argument("--upstream_args", "--upstream-args", default="",
+                   help="more for the upstream, as `--model openai --model_args`: model=NAME, "
+                        "api_key_env=VAR (default OPENAI_API_KEY), scoring=auto|echo|forced, tokenizer=..., "
+                        "timeout=S, max_retries=N")
+    g.add_argument("--threshold", type=float, default=None, help="abstain below (default: the run's, 0.75)")
+    g.add_argument("--high", type=float, default=None, help="'very sure' from (default 0.90)")
+    g.add_argument("--no_probe", "--no-probe", action="store_true",
+                   help="ignore the run's probe (use the calibrated internal signal, not `combined`)")
+    s = p.add_argument_group("server")
+    s.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--api_key_env", "--api-key-env", default="LLMCAL_API_KEY",
+                   help="environment variable holding the API key; when it is set, /v1/* need it "
+                        "(default LLMCAL_API_KEY)")
+    s.add_argument("--max_queue", "--max-queue", type=int, default=16,
+                   help="requests allowed to wait for the model; more get 503 (default 16)")
+    s.add_argument("--max_prompt_chars", "--max-prompt-chars", type=int, default=8000,
+                   help="longest prompt accepted, in characters; longer get 413 (default 8000)")
+    s.add_argument("--log_level", "--log-level", default="info", choices=["critical", "error", "warning", "info"])
+    p.set_defaults(func=cmd_serve)
+
+
+def build_answerer(args: argparse.Namespace):
+    """The answerer the arguments describe (loads the model; may take seconds)."""
+    from llmcal.backends.model_args import parse_model_args
+
+    run: Path | None
+    if args.run and args.run.lower() == "none":
+        run = None
+    elif args.run:
+        run = Path(args.run)
+    else:
+        from llmcal.cli.commands import _latest_run
+
+        try:
+            run = _latest_run().path
+        except FileNotFoundError:
+            run = None
+    if run is None:
+        print("llmcal serve: no calibrated run; confidences are raw (uncalibrated)", file=sys.stderr)
+    upstream = None
+    if args.upstream:
+        from llmcal.backends.openai_compat import parse_openai_args
+
+        upstream = parse_openai_args(f"base_url={args.upstream},{args.upstream_args}")
+    elif args.upstream_args:
+        raise ValueError("--upstream_args needs --upstream URL")
+    from llmcal.serve.answerer import Answerer
+
+    return Answerer.load(run, parse_model_args(args.model_args) if not upstream else None, high=args.high,
+                         abstain=args.threshold, use_probe=not args.no_probe, upstream=upstream)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    if not 1 <= args.port <= 65535:
+        raise ValueError(f"--port: {args.port} is not a TCP port")
+    if args.max_queue < 0 or args.max_prompt_chars < 1:
+        raise ValueError("--max_queue must be >= 0 and --max_prompt_chars >= 1")
+    try:
+        import uvicorn
+
+        from llmcal.serve.app import create_app
+    except ImportError as err:
+        raise ValueError(f"llmcal serve needs the serve extra: pip install 'llmcal[serve]' ({err})") from None
+    api_key = os.environ.get(args.api_key_env) or None
+    if api_key is None and args.host not in LOOPBACK:
+        print(f"llmcal serve: warning: listening on {args.host} without an API key (set {args.api_key_env})",
+              file=sys.stderr)
+    answerer = build_answerer(args)
+    from llmcal.serve.answerer import Query
+
+    answerer.answer(Query("Warm-up?", ["yes", "no"]))  # the first call pays for lazy set-up, not a user
+    app = create_app(answerer, api_key=api_key, max_prompt_chars=args.max_prompt_chars, max_queue=args.max_queue)
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"llmcal serve: {answerer.model_name} on http://{host}:{args.port}/ "
+          f"({'API key required' if api_key else 'no API key'})", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m llmcal.cli.serve_commands ARGS`` = ``llmcal serve ARGS``."""
+    from llmcal.cli.main import build_parser
+
+    args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"llmcal serve: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,289 @@
+"""A question (+ optional options) -> the model's answer + a calibrated, presentable confidence.
+
+:class:`Answerer` works on either backend: the transformers one in-process (the embedded model
+or any HF model, as the run was made with) or the OpenAI-compatible one (an upstream server:
+a calibrating proxy).  It answers a :class:`Query` with a :class:`Reply`; the HTTP layer
+(:mod:`llmcal.serve.app`) only translates.
+
+* **Multiple choice** (``options`` given): the options are scored like ``llmcal run``
+  scored the run's items (same prompt style, same chat wrapping), the prediction is the
+  highest summed log-likelihood, the confidence is the run's calibrated one
+  (:class:`~llmcal.serve.saved.SavedCalibration`), and the alternatives are the other
+  options with their (calibrated) probabilities.
+* **Free form** (no options): greedy generation (``temperature`` 0) or sampled; the
+  confidence is the geometric-mean token probability through the run's ``generation``
+  calibrator, or raw and marked uncalibrated.  With ``samples = n > 0`` another ``n``
+  answers are sampled and the distinct ones, with their frequency, are the alternatives.
+
+``confidence=False`` skips everything after the model call (the benchmark's "plain" mode).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from llmcal.policy import Decision, Thresholds, decide
+from llmcal.serve.saved import Confidence, SavedCalibration
+
+#: How many options a multiple-choice question may have (the letters style names them A..Z).
+MAX_OPTIONS = 26
+
+
+@dataclass
+class Query:
+    question: str  # the question; for a chat, its last user message
+    options: list[str] | None = None  # multiple choice when given (2..26)
+    messages: list[dict[str, str]] | None = None  # the whole chat (free form); None = just the question
+    max_tokens: int = 64
+    temperature: float = 0.0
+    samples: int = 0  # free form: extra sampled answers for the alternatives
+    seed: int = 0
+    confidence: bool = True  # False: the answer only (no calibration, no policy)
+
+
+@dataclass
+class Reply:
+    kind: str  # "multiple_choice" | "free_form"
+    model_answer: str
+    decision: Decision | None
+    confidence: Confidence | None
+    thresholds: Thresholds | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    finish_reason: str = "stop"
+    timing_ms: dict[str, float] = field(default_factory=dict)  # model, confidence
+
+    @property
+    def abstained(self) -> bool:
+        return bool(self.decision and self.decision.abstained)
+
+    def content(self) -> str:
+        """What the user is shown: the answer, or the safe refusal when the policy abstains."""
+        return self.decision.sentence if self.abstained else self.model_answer
+
+    def confidence_dict(self) -> dict[str, Any] | None:
+        if self.decision is None or self.confidence is None:
+            return None
+        d, c = self.decision, self.confidence
+        out = {
+            "score": d.score, "level": d.level, "colour": d.colour, "sentence": d.sentence, "action": d.action,
+            "abstained": d.abstained, "answer": d.answer, "model_answer": self.model_answer,
+            "alternatives": d.alternatives, "signal": c.signal, "calibrator": c.calibrator,
+            "calibrated": c.calibrated, "raw_score": c.raw_score, "kind": self.kind,
+        }
+        if self.thresholds is not None:
+            out["thresholds"] = {"high": self.thresholds.high, "abstain": self.thresholds.abstain}
+        if not c.calibrated:
+            out["note"] = (f"uncalibrated: the raw {c.signal} signal; no calibrator was fitted for "
+                           f"{self.kind.replace('_', '-')} answers in this run")
+        return out
+
+
+def normalize_answer(text: str) -> str:
+    """Lower case, punctuation to spaces, spaces collapsed: what makes two sampled answers "the same"."""
+    return re.sub(r"[\W_]+", " ", text.lower()).strip()
+
+
+def group_samples(answer: str, texts: list[str]) -> list[tuple[str, float]]:
+    """Distinct sampled answers with their frequency; the group of ``answer`` is named ``answer``."""
+    counts: dict[str, list] = {}
+    for t in texts:
+        key = normalize_answer(t)
+        counts.setdefault(key, [t.strip(), 0])[1] += 1
+    key = normalize_answer(answer)
+    if key in counts:
+        counts[key][0] = answer
+    n = max(len(texts), 1)
+    return sorted(((text, k / n) for text, k in counts.values()), key=lambda c: -c[1])
+
+
+def _ms(t0: float) -> float:
+    return round(1000.0 * (time.perf_counter() - t0), 3)
+
+
+#: Sampling temperature for the alternatives when the request asks for greedy answers.
+SAMPLE_TEMPERATURE = 0.7
+
+
+def mc_reply(q: Query, options: list[str], logprobs, n_tokens, saved: SavedCalibration, thresholds: Thresholds,
+             timing: dict[str, float], prompt_tokens: int, sample=None, hidden=None, positions=None) -> Reply:
+    """A multiple-choice :class:`Reply` from the options' log-likelihoods (k,) and token counts (k,)."""
+    import numpy as np
+
+    t1 = time.perf_counter()
+    pred = int(np.argmax(logprobs))
+    usage = {"prompt_tokens": int(prompt_tokens), "completion_tokens": int(n_tokens[pred])}
+    if not q.confidence:
+        return Reply("multiple_choice", options[pred], None, None, None, timing_ms=timing, **usage)
+    pred, conf = saved.mc(logprobs, n_tokens, sample, hidden, positions)
+    decision = decide(conf.score, options[pred], list(zip(options, conf.probs.tolist())), thresholds)
+    timing["confidence"] = _ms(t1)
+    return Reply("multiple_choice", options[pred], decision, conf, thresholds, timing_ms=timing, **usage)
+
+
+def free_form_reply(q: Query, gen, saved: SavedCalibration, thresholds: Thresholds, timing: dict[str, float],
+                    usage: dict[str, Any], sample: Callable[[int, float], list[str]],
+                    vocab_size: int | None = None) -> Reply:
+    """A free-form :class:`Reply` from the answer's :class:`~llmcal.backends.generation.Generation`.
+
+    ``sample(n, temperature)`` draws ``n`` more answers (only called when ``q.samples > 0``);
+    ``vocab_size`` scales ``entropy_conf`` as the open-ended run did.
+    """
+    from llmcal.signals.generation import token_signals
+
+    text = gen.text.strip()
+    if not q.confidence:
+        return Reply("free_form", text, None, None, None, timing_ms=timing, **usage)
+    t1 = time.perf_counter()
+    conf = saved.generation(token_signals(gen, vocab_size))
+    candidates = [(text, conf.score)]
+    if q.samples > 0:
+        t2 = time.perf_counter()
+        candidates = group_samples(text, sample(q.samples, q.temperature or SAMPLE_TEMPERATURE))
+        timing["samples"] = _ms(t2)
+    decision = decide(conf.score, text, candidates, thresholds)
+    timing["confidence"] = round(_ms(t1) - timing.get("samples", 0.0), 3)
+    return Reply("free_form", text, decision, conf, thresholds, timing_ms=timing, **usage)
+
+
+class Answerer:
+    """Answers with a backend: :class:`~llmcal.backends.hf.HFBackend` (the embedded model or any HF
+    model, in this process) or :class:`~llmcal.backends.openai_compat.OpenAIBackend` (an upstream
+    OpenAI-compatible server: a calibrating proxy in front of vLLM or llama.cpp).
+
+    Not thread-safe: the server calls :meth:`answer` from its single model worker.
+    """
+
+    def __init__(self, backend, saved: SavedCalibration | None = None, thresholds: Thresholds | None = None) -> None:
+        self.backend = backend
+        self.saved = saved or SavedCalibration.none()
+        self.thresholds = thresholds or self.saved.thresholds()
+        self.model_name = str(getattr(backend, "model_name", "model"))
+        if self.saved.probe is not None:
+            if getattr(backend, "n_layers", 0):
+                self._attach_probe()
+            else:  # no hidden states over an API: the run's calibrator, not `combined`
+                self.saved.probe = None
+
+    @classmethod
+    def load(cls, run: str | Path | None = None, model_args: dict[str, Any] | None = None,
+             high: float | None = None, abstain: float | None = None, use_probe: bool = True,
+             upstream: dict[str, Any] | None = None) -> "Answerer":
+        """The run's model with the run's calibration.
+
+        ``run=None``: ``model_args``' model (empty: the embedded one), uncalibrated.
+        ``upstream``: ``OpenAIBackend.load`` arguments (``base_url``, ``model``, ``api_key_env``,
+        ...): that server answers, the run calibrates (it should be the same model's run).
+        """
+        saved = SavedCalibration.from_run(run, use_probe=use_probe) if run else SavedCalibration.none()
+        margs = dict(saved.model_args)
+        if model_args:
+            if run and {**margs, **model_args} != margs:
+                raise ValueError(f"--model_args {model_args} differ from the run's {margs}: a calibration "
+                                 "belongs to the model it was fitted on; serve that run's model or another run")
+            margs.update(model_args)
+        if upstream or "base_url" in margs:  # a server answers (--upstream, or a run made with --model openai)
+            from llmcal.backends.openai_compat import OpenAIBackend
+
+            args = upstream or {k: v for k, v in margs.items() if k not in ("dtype", "batch_size")}
+            backend = OpenAIBackend.load(**{k: v for k, v in args.items() if k != "dtype"})
+        else:
+            from llmcal.backends.hf import HFBackend
+
+            backend = HFBackend.load(hidden_layers=(), **{k: v for k, v in margs.items() if k != "batch_size"})
+        return cls(backend, saved, saved.thresholds(high, abstain))
+
+    def _attach_probe(self) -> None:
+        """Keep the hidden layers the probe reads, after checking it belongs to these weights."""
+        from llmcal.probe.features import ModelInfo, abs_layer
+
+        art, be = self.saved.probe, self.backend
+        layers = [abs_layer(i, be.n_layers) for i in art.model.layers]
+        art.check_model(ModelInfo(be.model_name, be.fingerprint(), be.n_layers, be.hidden_size, layers))
+        be.hidden_layers = tuple(layers)
+
+    def describe(self) -> dict[str, Any]:
+        return {"model": self.model_name, "backend": getattr(self.backend, "name", "hf"), **self.saved.describe(),
+                "thresholds": {"high": self.thresholds.high, "abstain": self.thresholds.abstain}}
+
+    # ------------------------------------------------------------ answering
+    def answer(self, q: Query) -> Reply:
+        if q.options is not None:
+            return self._multiple_choice(q)
+        return self._free_form(q)
+
+    def _count_tokens(self, text: str) -> int:
+        tok = getattr(self.backend, "tokenizer", None)  # an API backend has none: 0, not known
+        return len(tok(text, add_special_tokens=False).input_ids) if callable(tok) else 0
+
+    def _multiple_choice(self, q: Query) -> Reply:
+        from llmcal.tasks.item import MCItem
+        from llmcal.tasks.prompts import build_request
+
+        options = [str(o) for o in q.options or []]
+        if not 2 <= len(options) <= MAX_OPTIONS:
+            raise ValueError(f"options: need 2 to {MAX_OPTIONS}, got {len(options)}")
+        item = MCItem("serve", "serve", q.question, tuple(options), 0)
+        chat = self.backend.apply_chat_template if self.saved.chat else None
+        req = build_request(item, self.saved.style, chat)
+        t0 = time.perf_counter()
+        (score,) = self.backend.score_mc([req])
+        timing = {"model": _ms(t0)}
+        t1 = time.perf_counter()
+        sample = hidden = positions = None
+        if q.confidence and self.saved.probe is not None:
+            from llmcal.pipeline.measure import hidden_rows, sample_record
+
+            sample = sample_record(item, req.context, score, self.saved.style, None)
+            rows, positions = hidden_rows([score])  # (1, n_positions * n_kept, hidden)
+            hidden = rows[0]
+        probe_ms = _ms(t1)
+        reply = mc_reply(q, options, score.logprobs, score.n_tokens, self.saved, self.thresholds, timing,
+                         self._count_tokens(req.context), sample, hidden, positions)
+        if "confidence" in reply.timing_ms:  # the probe's inputs are part of what the confidence costs
+            reply.timing_ms["confidence"] = round(reply.timing_ms["confidence"] + probe_ms, 3)
+        return reply
+
+    def _prompt(self, q: Query) -> tuple[str, tuple[str, ...]]:
+        """The free-form prompt, asked as an open-ended run asks (``pipeline.measure_open``), so a
+        ``generation`` calibrator fitted on such a run applies: the last user message becomes
+        "Answer the question in a few words.\n\nQuestion: ...", earlier turns stay, the model's chat
+        template wraps it (an upstream's server applies its own), and the answer ends at the line.
+        """
+        from llmcal.pipeline.measure_open import INSTRUCTION, chat_prompt
+
+        msgs = [dict(m) for m in (q.messages or [{"role": "user", "content": q.question}])]
+        last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
+        msgs[last]["content"] = f"{INSTRUCTION}\n\nQuestion: {msgs[last]['content'].strip()}"
+        if getattr(self.backend, "generate_endpoint", None) == "chat":
+            return msgs[last]["content"], ("\n",)
+        return chat_prompt(self.backend, msgs, self.saved.gen_chat), ("\n",)
+
+    def _generate(self, prompt: str, **kwargs) -> list:
+        if hasattr(self.backend, "generate"):  # OpenAIBackend
+            return self.backend.generate([prompt], **kwargs)[0]
+        from llmcal.backends.generation import generate
+
+        return generate(self.backend, [prompt], **kwargs)[0]
+
+    def _free_form(self, q: Query) -> Reply:
+        prompt, stop = self._prompt(q)
+        t0 = time.perf_counter()
+        (g,) = self._generate(prompt, max_new_tokens=q.max_tokens, temperature=q.temperature, n=1, seed=q.seed,
+                              top_k=5, stop=stop)
+        timing = {"model": _ms(t0)}
+        usage = {"prompt_tokens": self._count_tokens(prompt), "completion_tokens": len(g.token_logprobs),
+                 "finish_reason": g.finish_reason or "stop"}
+
+        def sample(n: int, temperature: float) -> list[str]:
+            more = self._generate(prompt, max_new_tokens=q.max_tokens, temperature=temperature, n=n,
+                                  seed=q.seed + 1, top_k=0, stop=stop)
+            return [m.text for m in more]
+
+        config = getattr(getattr(self.backend, "model", None), "config", None)
+        return free_form_reply(q, g, self.saved, self.thresholds, timing, usage, sample,
+                               int(getattr(config, "vocab_size", 0) or 0) or None)
