@@ -1,0 +1,163 @@
+"""``llmcal quantize``: calibrate, quantize, evaluate before/after, export.
+
+    llmcal quantize --method awq --w_bits 4 --group_size 64 --n_samples 128 \\
+        --calibration sciq_support:valid --tasks arc_easy --limit 200 --output_path runs/quant/awq4
+
+Calibrates on ``--n_samples`` texts of ``--calibration`` (SciQ support paragraphs,
+a .txt/.jsonl file, or any task's prompts), quantizes with the method (``rtn``,
+``smoothquant``, ``awq``), measures perplexity (``--ppl_text``), accuracy, ECE,
+Brier and mean confidence (``--tasks``) before and after, and writes
+``quant_results.json`` plus (``--export``) the compressed-tensors folder into
+``--output_path``.  Every input is checked before any model work starts.
+Nothing heavy is imported until the command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``llmcal quantize`` to the main parser (dispatch through ``args.func``)."""
+    p = subparsers.add_parser("quantize", help="calibrate and quantize (RTN, SmoothQuant, AWQ); "
+                              "accuracy and confidence calibration before/after; compressed-tensors export",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    m = p.add_argument_group("model")
+    m.add_argument("--model_args", "--model-args", default="",
+                   help="lm-eval style pretrained=...,dtype=...; empty = the embedded SmolLM2-135M-Instruct")
+    m.add_argument("--mapping", default=None,
+                   help="layer mapping JSON for an architecture llmcal does not know (see docs/quant.md)")
+    q = p.add_argument_group("quantization")
+    q.add_argument("--method", default="awq", choices=["rtn", "smoothquant", "awq"])
+    q.add_argument("--w_bits", "--w-bits", type=int, default=4, help="weight bits (default 4)")
+    q.add_argument("--granularity", default=None, choices=["tensor", "channel", "group"],
+                   help="weight scale granularity (default: group below 8 bits, channel at 8)")
+    q.add_argument("--group_size", "--group-size", type=int, default=64, help="default 64 (576 = 9 x 64)")
+    q.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
+    q.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"])
+    q.add_argument("--percentile", type=float, default=99.9)
+    q.add_argument("--a_bits", "--a-bits", type=int, default=None,
+                   help="quantize activations too (8 = W8A8); default: weight-only, except smoothquant (8)")
+    q.add_argument("--a_static", "--a-static", action="store_true",
+                   help="static per-tensor activation scales from the calibration set (default: per-token dynamic)")
+    q.add_argument("--a_observer", "--a-observer", default="minmax", choices=["minmax", "percentile", "mse"])
+    q.add_argument("--a_percentile", "--a-percentile", type=float, default=99.99)
+    q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength (default 0.5)")
+    q.add_argument("--search_tokens", "--search-tokens", type=int, default=2048,
+                   help="AWQ: calibration tokens used by the scale search (default 2048)")
+    q.add_argument("--no_clip", "--no-clip", action="store_true", help="AWQ without the clipping search")
+    q.add_argument("--sequential", action="store_true",
+                   help="calibrate each layer on the previous layers' quantized outputs (one more pass a layer)")
+    c = p.add_argument_group("calibration data")
+    c.add_argument("--calibration", default="sciq_support:valid",
+                   help="sciq_support[:valid|test], a .txt/.jsonl file, or a task spec (default sciq_support:valid)")
+    c.add_argument("--n_samples", "--n-samples", type=int, default=128, help="calibration samples (default 128)")
+    c.add_argument("--seq_len", "--seq-len", type=int, default=512, help="tokens kept per sample (default 512)")
+    c.add_argument("--data_dir", "--data-dir", default=None)
+    c.add_argument("--outlier", type=float, default=None,
+                   help="experiment: inject one activation of OUTLIER x max |x| into the calibration statistics")
+    e = p.add_argument_group("evaluation and output")
+    e.add_argument("--tasks", default="arc_easy", help="multiple-choice task(s), comma-separated ('' = none)")
+    e.add_argument("--limit", type=int, default=200, help="items per task (default 200)")
+    e.add_argument("--ppl_text", "--ppl-text", default="sciq_support:test", help="held-out text ('' = none)")
+    e.add_argument("--ppl_limit", "--ppl-limit", type=int, default=100, help="perplexity texts (default 100)")
+    e.add_argument("--no_eval", "--no-eval", action="store_true", help="quantize (and export) only")
+    e.add_argument("--output_path", "--output-path", default=None, help="folder for quant_results.json (and --export)")
+    e.add_argument("--export", action="store_true", help="write the compressed-tensors model into --output_path")
+    e.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_quantize)
+
+
+def build_recipe(args):
+    from llmcal.quant import QuantArgs, Recipe
+
+    a_bits = args.a_bits if args.a_bits is not None else (8 if args.method == "smoothquant" else None)
+    gran = args.granularity or ("group" if args.w_bits < 8 else "channel")
+    w = QuantArgs(args.w_bits, gran, args.group_size if gran == "group" else None, not args.asym,
+                  args.observer, args.percentile)
+    a = None
+    if a_bits is not None:
+        a = QuantArgs(a_bits, "tensor" if args.a_static else "channel", None, True, args.a_observer,
+                      args.a_percentile, dynamic=not args.a_static)
+    return Recipe(args.method, w, a, alpha=args.alpha, awq_clip=not args.no_clip, sequential=args.sequential,
+                  search_tokens=args.search_tokens).validate()
+
+
+def cmd_quantize(args) -> int:
+    recipe = build_recipe(args)  # bad bits / group sizes fail here, before loading anything
+    if args.export and not args.output_path:
+        raise ValueError("--export needs --output_path")
+    from llmcal.quant.data import load_texts
+
+    calib_texts = load_texts(args.calibration, args.n_samples, args.data_dir)
+    ppl_texts = load_texts(args.ppl_text, args.ppl_limit, args.data_dir) \
+        if args.ppl_text and args.ppl_limit and not args.no_eval else None
+    items = []
+    if args.tasks and not args.no_eval:
+        from llmcal.tasks.registry import load_task
+
+        for t in args.tasks.split(","):
+            items += load_task(t.strip(), data_dir=args.data_dir)[: args.limit]
+
+    from llmcal.backends.hf import HFBackend
+    from llmcal.backends.model_args import parse_model_args
+    from llmcal.quant.data import tokenize
+    from llmcal.quant.evaluate import compare, evaluate_model
+    from llmcal.quant.quantizer import check_inputs, quantize_model
+
+    log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    backend = HFBackend.load(**parse_model_args(args.model_args))
+    model, tok = backend.model, backend.tokenizer
+    check_inputs(model, recipe, args.mapping)  # unknown architecture, group sizes: before any pass
+    calib = tokenize(tok, calib_texts, args.seq_len)
+    ppl = tokenize(tok, ppl_texts, args.seq_len) if ppl_texts else None
+    before = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
+    if before:
+        log(f"before: {_short(before)}")
+    t = time.perf_counter()
+    res = quantize_model(model, calib, recipe, args.mapping, outlier=args.outlier, n_required=args.n_samples,
+                         progress=None if args.quiet else (lambda i, n: log(f"  layer {i}/{n}")))
+    log(f"quantized ({recipe.label()}) in {time.perf_counter() - t:.1f} s")
+    after = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
+    cmp = compare(before, after) if after else {}
+    results = {"model": backend.model_name, "quantization": res.summary(),
+               "calibration": {"source": args.calibration, "n_samples": args.n_samples, "seq_len": args.seq_len,
+                               "outlier": args.outlier},
+               "before": _strip(before), "after": _strip(after), "compare": cmp}
+    if not args.quiet and after:
+        _print_table(before, after, cmp)
+    if args.output_path:
+        out = Path(args.output_path)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.export:
+            from llmcal.quant.export import export_compressed
+
+            export_compressed(model, res, out / "model", tokenizer=tok)
+            results["export"] = str(out / "model")
+        (out / "quant_results.json").write_text(json.dumps(results, indent=1, default=str))
+        log(f"wrote {out / 'quant_results.json'}")
+    return 0
+
+
+def _strip(d: dict) -> dict:
+    return {k: v for k, v in d.items() if k != "predictions"}
+
+
+def _short(d: dict) -> str:
+    keys = ("perplexity", "accuracy", "ece", "brier", "mean_confidence")
+    return ", ".join(f"{k} {d[k]:.4f}" for k in keys if k in d)
+
+
+def _print_table(before: dict, after: dict, cmp: dict) -> None:
+    print("| metric | before | after |")
+    print("|---|---:|---:|")
+    for k in ("perplexity", "accuracy", "ece", "brier", "mean_confidence"):
+        if k in before:
+            print(f"| {k} | {before[k]:.4f} | {after[k]:.4f} |")
+    for k in ("retention", "ppl_ratio", "agreement"):
+        if k in cmp:
+            print(f"| {k} | | {cmp[k]:.4f} |")

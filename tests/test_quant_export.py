@@ -1,0 +1,72 @@
+"""The compressed-tensors export reloads to the simulated quantized model.
+
+Stated tolerance: the reloaded model's logits equal the simulated model's within
+1e-4 absolute (fp32; the integers, scales and zero points are the same numbers,
+so in practice they agree exactly).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("compressed_tensors")
+
+from llmcal.quant import QuantArgs, Recipe  # noqa: E402
+from llmcal.quant.export import export_compressed, load_compressed  # noqa: E402
+from llmcal.quant.quantizer import quantize_model  # noqa: E402
+from test_quant import _one_thread, samples, tiny_llama  # noqa: E402,F401  (tests/ is on sys.path)
+
+TOL = 1e-4
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return tiny_llama(), samples(6)
+
+
+def _logits(model, xs):
+    with torch.no_grad():
+        return torch.cat([model(input_ids=x).logits for x in xs], dim=1)
+
+
+@pytest.mark.parametrize("recipe,via,fmt", [
+    (Recipe("awq", QuantArgs(4, "group", 32), awq_grid=4, awq_clip_grid=4), "transformers", "pack-quantized"),
+    (Recipe("rtn", QuantArgs(8, "channel", None, observer="mse")), "transformers", "pack-quantized"),
+    (Recipe("rtn", QuantArgs(4, "group", 16, symmetric=False)), "compressed_tensors", "pack-quantized"),
+    (Recipe("smoothquant", QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)),
+     "transformers", "int-quantized"),
+])
+def test_export_round_trip(tiny, tmp_path, recipe, via, fmt):
+    base, xs = tiny
+    model = copy.deepcopy(base)
+    res = quantize_model(model, xs, recipe)
+    out = export_compressed(model, res, tmp_path / "export")
+    cfg = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert cfg["format"] == fmt and cfg["quant_method"] == "compressed-tensors"
+    w = cfg["config_groups"]["group_0"]["weights"]
+    assert w["num_bits"] == recipe.weights.bits and w["symmetric"] == recipe.weights.symmetric
+    reloaded = load_compressed(out, via=via)
+    diff = float((_logits(reloaded, xs) - _logits(model, xs)).abs().max())
+    assert diff <= TOL, diff
+    # and the quantization is real: the float model differs by much more
+    assert float((_logits(base, xs) - _logits(model, xs)).abs().max()) > 10 * TOL
+    if fmt == "pack-quantized":
+        from safetensors.torch import load_file
+
+        state = load_file(str(out / "model.safetensors"))
+        packed = state["model.layers.0.mlp.down_proj.weight_packed"]
+        assert packed.dtype == torch.int32 and packed.shape[1] == 128 * recipe.weights.bits // 32
+
+
+def test_export_leaves_the_simulated_model_alone(tiny, tmp_path):
+    base, xs = tiny
+    model = copy.deepcopy(base)
+    res = quantize_model(model, xs, Recipe("rtn", QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)))
+    before = _logits(model, xs)
+    export_compressed(model, res, tmp_path / "e")
+    torch.testing.assert_close(_logits(model, xs), before, rtol=0, atol=0)
