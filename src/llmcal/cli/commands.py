@@ -25,6 +25,10 @@ def _slug(text: str) -> str:
 def _model_config(args: argparse.Namespace) -> dict[str, Any]:
     from llmcal.backends.model_args import parse_model_args
 
+    if getattr(args, "model", "hf") == "openai":  # base_url=...,model=...: the server decides the dtype
+        from llmcal.backends.openai_compat import parse_openai_args
+
+        return parse_openai_args(args.model_args)
     margs = parse_model_args(args.model_args)
     if args.dtype:
         margs["dtype"] = args.dtype
@@ -74,7 +78,7 @@ def _load_items(args: argparse.Namespace):
 
 def _run_config(args: argparse.Namespace, margs: dict[str, Any]) -> dict[str, Any]:
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    pretrained = margs.get("pretrained") or "embedded"
+    pretrained = margs.get("pretrained") or margs.get("model") or ("server" if "base_url" in margs else "embedded")
     name = _slug(f"{Path(str(pretrained)).name}-{'+'.join(Path(t).stem for t in tasks)}-{args.style}"
                  f"{'-chat' if args.chat else ''}-{margs['dtype']}" + (f"-n{args.limit}" if args.limit else ""))
     return {
@@ -92,9 +96,22 @@ def _run_config(args: argparse.Namespace, margs: dict[str, Any]) -> dict[str, An
     }
 
 
+def _open_specs(args: argparse.Namespace) -> list[str] | None:
+    """The task specs when every one is open-ended; None when all are multiple-choice."""
+    from llmcal.tasks.open_tasks import open_task_name
+
+    specs = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    is_open = [open_task_name(t) is not None for t in specs]
+    if any(is_open) and not all(is_open):
+        raise ValueError(f"--tasks {args.tasks!r}: mixes open-ended and multiple-choice tasks; run them separately")
+    return specs if specs and all(is_open) else None
+
+
 def _measure(args: argparse.Namespace) -> RunDir:
     from llmcal.pipeline.measure import measure
 
+    if _open_specs(args):
+        return _measure_open(args)
     margs = _model_config(args)
     config = _run_config(args, margs)
     items = _load_items(args)  # every item validated before the model is loaded
@@ -103,14 +120,19 @@ def _measure(args: argparse.Namespace) -> RunDir:
     quiet = getattr(args, "quiet", False)
 
     def factory():
-        from llmcal.backends.hf import HFBackend
+        if args.model == "openai":
+            from llmcal.backends.openai_compat import OpenAIBackend
 
-        if not quiet:
-            print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
-                  f"({margs['dtype']}) ...", flush=True)
-        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
-        backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
-        backend.hidden_layers = tuple(_resolve_layers(config["hidden_layers"], backend.n_layers))
+            backend = OpenAIBackend.load(**margs)  # no hidden states over an API
+        else:
+            from llmcal.backends.hf import HFBackend
+
+            if not quiet:
+                print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
+                      f"({margs['dtype']}) ...", flush=True)
+            kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+            backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+            backend.hidden_layers = tuple(_resolve_layers(config["hidden_layers"], backend.n_layers))
         meta = run.config()
         meta["model_desc"] = backend.model_name
         meta["backend"] = backend.describe()
@@ -126,6 +148,78 @@ def _measure(args: argparse.Namespace) -> RunDir:
         took = time.perf_counter() - start
         print(f"scored {n_new} new items in {took:.1f} s ({len(items)} in the run)", flush=True)
     return run
+
+
+def _open_settings(args: argparse.Namespace):
+    from llmcal.pipeline.measure_open import OpenSettings
+
+    return OpenSettings(families=tuple(f.strip() for f in args.signals.split(",") if f.strip()),
+                        k_samples=args.k_samples, sample_temperature=args.sample_temperature,
+                        max_new_tokens=args.max_new_tokens, chat=not args.no_chat, seed=getattr(args, "seed", 0))
+
+
+def _measure_open(args: argparse.Namespace) -> RunDir:
+    """Generate, grade and compute every signal of open-ended tasks (``pipeline/measure_open``)."""
+    from llmcal.pipeline.measure_open import measure_open
+    from llmcal.tasks.open_tasks import load_open_task
+
+    margs = _model_config(args)
+    settings = _open_settings(args)
+    items = []
+    for spec in _open_specs(args) or []:
+        items.extend(load_open_task(spec, data_dir=args.data_dir, limit=args.limit))
+    config = _run_config(args, margs)
+    config.update(kind="open", chat=settings.chat, hidden_layers=[], open_settings=settings.to_dict())
+    config["name"] = config["name"].replace("-cloze", "-open")
+    run = RunDir(args.output_path or Path("runs") / config["name"])
+    resumed = run.start(config, IDENTITY_KEYS + ("open_settings",), overwrite=args.overwrite)
+    quiet = getattr(args, "quiet", False)
+
+    def factory():
+        from llmcal.backends.hf import HFBackend
+
+        if not quiet:
+            print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
+                  f"({margs['dtype']}) ...", flush=True)
+        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+        backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+        meta = run.config()
+        meta["model_desc"] = backend.model_name
+        meta["backend"] = backend.describe()
+        run.config_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return backend
+
+    if resumed and not quiet:
+        print(f"resuming {run.path}", flush=True)
+    start = time.perf_counter()
+    n_new = measure_open(run, items, factory, settings, progress=not quiet)
+    if not quiet:
+        print(f"answered {n_new} new items in {time.perf_counter() - start:.1f} s ({len(items)} in the run)",
+              flush=True)
+    return run
+
+
+def _calibrate_open(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
+    from llmcal.pipeline.evaluate_open import evaluate_open, signals_table
+
+    config = run.config()
+    calibrator = [c.strip() for c in args.calibrators.split(",") if c.strip()][0]
+    if calibrator == "temperature":  # no option logits in free-form answers: Platt is its binary analogue
+        calibrator = "platt"
+    results, serving = evaluate_open(run.read_samples(), calibrator=calibrator, cal_fraction=args.cal_fraction,
+                                     seed=args.seed, n_bins=args.n_bins, n_bootstrap=args.bootstrap)
+    payload = {"schema_version": SCHEMA_VERSION, "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "config": config, "versions": _versions(), "git_hash": _git_hash(), **results}
+    run.write_json(run.results_path, payload)
+    run.write_json(run.calibration_path, {
+        "schema_version": SCHEMA_VERSION, "kind": "open", "threshold": args.threshold,
+        "chat": config.get("chat"), "model_args": config.get("model_args"), "generation": serving,
+    })
+    if not getattr(args, "quiet", False):
+        print(f"{run.path}: accuracy {results['overall']['accuracy']:.3f} on {results['overall']['n']} items "
+              f"(test part: {results['split']['n_test']})")
+        print(signals_table(results))
+    return payload
 
 
 def _git_hash() -> str | None:
@@ -151,6 +245,8 @@ def _versions() -> dict[str, Any]:
 
 def _calibrate(run: RunDir, args: argparse.Namespace) -> dict[str, Any]:
     config = run.config()
+    if config.get("kind") == "open":
+        return _calibrate_open(run, args)
     from llmcal.calibrators import CALIBRATORS
     from llmcal.pipeline.evaluate import evaluate
 
@@ -195,6 +291,10 @@ def _report(run: RunDir) -> Path:
     if not run.results_path.exists():
         raise FileNotFoundError(f"{run.results_path}: not found; run `llmcal calibrate {run.path}` first")
     results = json.loads(run.results_path.read_text())
+    if results.get("kind") == "open":
+        from llmcal.report.open_html import render_open_html
+
+        render_html = render_open_html  # noqa: F811
     run.report_path.write_text(render_html(results, results.get("config", {})), encoding="utf-8")
     return run.report_path
 
@@ -205,6 +305,65 @@ def cmd_run(args: argparse.Namespace) -> int:
     from llmcal.cli.probe_commands import run_hook
 
     run_hook(run.path, args)
+    if not args.no_report:
+        path = _report(run)
+        if not args.quiet:
+            print(f"report: {path}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """``llmcal sweep``: the temperature sweep over open-ended tasks (``pipeline/sweep``)."""
+    from llmcal.pipeline.sweep import plot_sweep, sweep_table, temperature_sweep
+    from llmcal.tasks.open_tasks import load_open_task
+
+    specs = _open_specs(args)
+    if not specs:
+        raise ValueError(f"--tasks {args.tasks!r}: the sweep needs open-ended tasks (builtin_open, nq_open, ...)")
+    try:
+        temps = [float(t) for t in args.temperatures.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--temperatures: expected numbers, got {args.temperatures!r}") from None
+    if not temps or any(t < 0 for t in temps):
+        raise ValueError(f"--temperatures: need non-negative temperatures, got {args.temperatures!r}")
+    margs = _model_config(args)
+    settings = _open_settings(args)
+    items = [it for spec in specs for it in load_open_task(spec, data_dir=args.data_dir, limit=args.limit)]
+    config = _run_config(args, margs)
+    out = Path(args.output_path or Path("runs") / (config["name"].replace("-cloze", "-sweep")))
+
+    def factory():
+        from llmcal.backends.hf import HFBackend
+
+        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+        return HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+
+    sweep = temperature_sweep(out, items, factory, settings, temps, config, progress=not args.quiet,
+                              n_bootstrap=args.bootstrap)
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=2))
+    table = sweep_table(sweep)
+    (out / "sweep.md").write_text(table + "\n")
+    png = plot_sweep(sweep, out / "sweep.png")
+    if not args.quiet:
+        print(table)
+        print(f"plot: {png}")
+    return 0
+
+
+def cmd_import_lmeval(args: argparse.Namespace) -> int:
+    """``llmcal import-lmeval``: a run folder from lm-eval's logged samples, then calibrate and report."""
+    from llmcal.records.lmeval_import import read_lmeval_samples
+
+    records = read_lmeval_samples(args.samples)  # every line checked before anything is written
+    tasks = sorted({r["task"] for r in records})
+    config = {"name": Path(args.output_path).name, "model": "lm-eval import", "model_desc": "lm-eval --log_samples",
+              "model_args": {}, "tasks": tasks, "limit": None, "style": "lm-eval", "chat": False,
+              "dtype": "n/a", "hidden_layers": [], "sources": [str(Path(p).resolve()) for p in args.samples]}
+    run = RunDir(args.output_path)
+    if run.start(config, ("model", "tasks", "sources"), overwrite=args.overwrite):
+        raise ValueError(f"{run.path} already holds samples; use --overwrite to import again")
+    run.append(records, None)
+    _calibrate(run, args)
     if not args.no_report:
         path = _report(run)
         if not args.quiet:
@@ -268,7 +427,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from llmcal.backends.hf import HFBackend
 
     margs = {k: v for k, v in (saved.get("model_args") or {}).items() if k != "batch_size"}
-    backend = HFBackend.load(hidden_layers=(), **margs)
+    if "base_url" in margs:  # a run scored through an OpenAI-compatible server
+        from llmcal.backends.openai_compat import OpenAIBackend
+
+        backend = OpenAIBackend.load(**margs)
+    else:
+        backend = HFBackend.load(hidden_layers=(), **margs)
     chat = backend.apply_chat_template if saved.get("chat") else None
     (score,) = backend.score_mc([build_request(item, saved.get("style", "cloze"), chat)])
     pred, signals = mc_signals(score.logprobs, score.n_tokens)

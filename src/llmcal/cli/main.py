@@ -13,13 +13,14 @@ import argparse
 import sys
 
 from llmcal import __version__
-from llmcal.cli import probe_commands
+from llmcal.cli import probe_commands, serve_commands
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="hf", choices=["hf"],
-                   help="backend (default: hf, transformers)")
+    g.add_argument("--model", default="hf", choices=["hf", "openai"],
+                   help="backend (default: hf, transformers; openai: any OpenAI-compatible server, "
+                        "--model_args base_url=http://HOST:PORT/v1,model=NAME[,concurrency=8])")
     g.add_argument("--model_args", "--model-args", default="",
                    help="lm-eval style: pretrained=NAME_OR_DIR,gguf_file=F,dtype=float32|bfloat16,revision=R. "
                         "Empty = the embedded SmolLM2-135M-Instruct.")
@@ -36,6 +37,18 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max_tokens", "--max-tokens", type=int, default=512, help="tokens per forward pass (default 512)")
     g.add_argument("--hidden_layers", "--hidden-layers", default="-1,mid",
                    help="hidden-state layers kept for the probe (indices, 'mid', 'last'; default -1,mid)")
+    g = p.add_argument_group("open-ended tasks (builtin_open, nq_open, gsm8k, truthfulqa_gen)")
+    g.add_argument("--signals", default="tokens,ptrue,verbalized,agreement",
+                   help="signal families: tokens (free), ptrue (+1 scoring pass), verbalized / verbalized_percent "
+                        "(+1 short generation), agreement (k samples + semantic entropy); default all but "
+                        "verbalized_percent")
+    g.add_argument("--k_samples", "--k-samples", type=int, default=5, help="sampled answers for agreement (default 5)")
+    g.add_argument("--sample_temperature", "--sample-temperature", type=float, default=0.8,
+                   help="temperature of the sampled answers (default 0.8)")
+    g.add_argument("--max_new_tokens", "--max-new-tokens", type=int, default=32,
+                   help="answer length limit (default 32; GSM8K gets 192)")
+    g.add_argument("--no_chat", "--no-chat", action="store_true",
+                   help="open tasks: plain Question/Answer text instead of the chat template")
     o = p.add_argument_group("output")
     o.add_argument("--output_path", "--output-path", default=None,
                    help="run folder (default: runs/<derived from model, tasks, style, dtype, limit>)")
@@ -95,10 +108,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--high", type=float, default=0.90, help="'very sure' from (default 0.90)")
     p.add_argument("--json", action="store_true", help="print the decision as JSON")
 
+    p = sub.add_parser("sweep", help="open-ended tasks: accuracy and each signal's ECE/AUROC at several "
+                                     "sampling temperatures (the brief's 0.8 -> 0.5 claim)")
+    _add_measure_args(p)
+    p.add_argument("--temperatures", default="0,0.3,0.5,0.8,1.0",
+                   help="comma-separated sampling temperatures (0 = greedy; default 0,0.3,0.5,0.8,1.0)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples per cell (default 200)")
+
+    p = sub.add_parser("import-lmeval", help="calibrate from lm-evaluation-harness --log_samples output, "
+                                             "without re-running the model")
+    p.add_argument("samples", nargs="+", metavar="SAMPLES_JSONL", help="lm-eval samples_<task>_*.jsonl files")
+    p.add_argument("--output_path", "--output-path", required=True, help="the run folder to create")
+    p.add_argument("--overwrite", action="store_true", help="discard an earlier run in the folder")
+    p.add_argument("--no_report", "--no-report", action="store_true", help="skip report.html")
+    _add_calibrate_args(p)
+    p.add_argument("--quiet", action="store_true")
+
     p = sub.add_parser("tasks", help="list the task names")
     p.add_argument("--data_dir", "--data-dir", default=None)
 
     probe_commands.add_parsers(sub)
+    __import__("llmcal.cli.quant_commands", fromlist=["register"]).register(sub)  # light: no torch
+    serve_commands.register(sub)
+    __import__("llmcal.cli.posttrain_commands", fromlist=["register"]).register(sub)  # light: no torch
     return parser
 
 
@@ -111,12 +144,13 @@ def main(argv: list[str] | None = None) -> int:
     from llmcal.cli import commands
 
     try:
-        fn = getattr(commands, f"cmd_{args.command}", None) or getattr(probe_commands, f"cmd_{args.command}")
+        name = f"cmd_{args.command.replace('-', '_')}"
+        fn = getattr(args, "func", None) or getattr(commands, name, None) or getattr(probe_commands, name)
         return int(fn(args) or 0)
     except KeyboardInterrupt:
         print("\ninterrupted: finished items are saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ConnectionError) as err:  # ConnectionError: a model server failed
         print(f"llmcal {args.command}: error: {err}", file=sys.stderr)
         return 2
 
