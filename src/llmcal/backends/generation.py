@@ -61,6 +61,16 @@ class Generation:
         )
 
 
+def check_generate_args(temperature: float, n: int) -> None:
+    """The argument rules every backend's ``generate`` shares."""
+    if temperature < 0:
+        raise ValueError(f"temperature: must be >= 0, got {temperature}")
+    if n < 1:
+        raise ValueError(f"n: must be >= 1, got {n}")
+    if temperature == 0 and n > 1:
+        raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives one answer)")
+
+
 def end_token_ids(backend) -> list[int]:
     """Every token that ends an answer: the tokenizer's end-of-sequence token, the model's
     generation config's (often a list), and a chat template's end-of-turn token (``<|im_end|>``,
@@ -112,12 +122,7 @@ def generate(
     """
     import torch
 
-    if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
-    if n < 1:
-        raise ValueError(f"n: must be >= 1, got {n}")
-    if temperature == 0 and n > 1:
-        raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives one answer)")
+    check_generate_args(temperature, n)
     if not prompts:
         return []
     tok = backend.tokenizer

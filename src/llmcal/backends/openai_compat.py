@@ -628,12 +628,9 @@ class OpenAIBackend:
         Sample ``s`` of every prompt uses seed ``seed + s``; one request per
         sample (llama-cpp-python ignores ``n``).
         """
-        if temperature < 0:
-            raise ValueError(f"temperature: must be >= 0, got {temperature}")
-        if n < 1:
-            raise ValueError(f"n: must be >= 1, got {n}")
-        if temperature == 0 and n > 1:
-            raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives one answer)")
+        from llmcal.backends.generation import check_generate_args
+
+        check_generate_args(temperature, n)
         if not prompts:
             return []
         stop = tuple(s for s in (stop or ()) if s)

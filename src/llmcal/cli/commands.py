@@ -292,10 +292,10 @@ def _report(run: RunDir) -> Path:
         raise FileNotFoundError(f"{run.results_path}: not found; run `llmcal calibrate {run.path}` first")
     results = json.loads(run.results_path.read_text())
     if results.get("kind") == "open":
-        from llmcal.report.open_html import render_open_html
-
-        render_html = render_open_html  # noqa: F811
-    run.report_path.write_text(render_html(results, results.get("config", {})), encoding="utf-8")
+        from llmcal.report.open_html import render_open_html as render
+    else:
+        render = render_html
+    run.report_path.write_text(render(results, results.get("config", {})), encoding="utf-8")
     return run.report_path
 
 

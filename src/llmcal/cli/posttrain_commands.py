@@ -242,14 +242,9 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m llmcal.cli.posttrain_commands STEP ...`` (the same as ``llmcal posttrain STEP ...``)."""
-    parser = argparse.ArgumentParser(prog="llmcal")
-    register(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["posttrain", *(argv if argv is not None else sys.argv[1:])])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"llmcal posttrain: error: {err}", file=sys.stderr)
-        return 2
+    from llmcal.cli.main import main as llmcal_main
+
+    return llmcal_main(["posttrain", *(argv if argv is not None else sys.argv[1:])])
 
 
 if __name__ == "__main__":  # pragma: no cover

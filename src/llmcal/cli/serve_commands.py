@@ -113,14 +113,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m llmcal.cli.serve_commands ARGS`` = ``llmcal serve ARGS``."""
-    from llmcal.cli.main import build_parser
+    from llmcal.cli.main import main as llmcal_main
 
-    args = build_parser().parse_args(["serve", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"llmcal serve: error: {err}", file=sys.stderr)
-        return 2
+    return llmcal_main(["serve", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":  # pragma: no cover

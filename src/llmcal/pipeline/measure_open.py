@@ -186,19 +186,19 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
     if "agreement" in s.families:
         t0 = time.perf_counter()
         sampled: list[list[str]] = [[] for _ in items]
+        gen_tokens = [0] * n
         for group in _groups(items):
             gens = generate(backend, [prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
                             temperature=s.sample_temperature, n=s.k_samples, seed=seed,
                             stop=_stop(items[group[0]]))
             for i, g in zip(group, gens):
                 sampled[i] = [x.text for x in g]
-        gen_tokens = [0] * n
+                gen_tokens[i] = sum(len(x.token_ids) for x in g)
         per_gen = (time.perf_counter() - t0) / n
         t1 = time.perf_counter()
         _agreement(items, greedy, sampled, records, embedder)
         per_embed = (time.perf_counter() - t1) / n
         for i in range(n):
-            gen_tokens[i] = sum(len(backend.tokenizer(x, add_special_tokens=False).input_ids) for x in sampled[i])
             cost[i]["agreement"] = {"seconds": per_gen + per_embed, "forward_passes": 0,
                                     "gen_tokens": gen_tokens[i], "samples": s.k_samples}
     return records

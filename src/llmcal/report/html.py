@@ -98,15 +98,23 @@ def _metrics_table(results: dict[str, Any]) -> str:
     return f"<div class='scroll'><table><tr><th></th>{head}</tr>{''.join(rows)}</table></div>"
 
 
-def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
-    e = html.escape
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>llmcal report: {e(str(config.get('name', '')))}</title>",
+def page_head(config: dict[str, Any]) -> str:
+    """The document head and style every llmcal report page shares."""
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>llmcal report: {html.escape(str(config.get('name', '')))}</title>"
         "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
         "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
         "text-align:right;vertical-align:top}th{background:#f4f4f4}td.l,th.l{text-align:left}"
-        ".scroll{overflow-x:auto}dt{font-weight:bold;margin-top:0.8em}.muted{color:#666}img{max-width:100%}</style></head><body>",
+        ".scroll{overflow-x:auto}dt{font-weight:bold;margin-top:0.8em}.muted{color:#666}img{max-width:100%}"
+        "</style></head><body>"
+    )
+
+
+def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
+    e = html.escape
+    parts = [
+        page_head(config),
         "<h1>When the model says it is sure, is it right?</h1>",
         f"<p class='muted'>Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
         f"<b>{e(', '.join(config.get('tasks', [])))}</b> &middot; prompt style {e(str(config.get('style')))}"

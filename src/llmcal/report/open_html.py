@@ -13,12 +13,10 @@ def _f(x: Any) -> str:
 
 def render_open_html(results: dict[str, Any], config: dict[str, Any]) -> str:
     e = html.escape
+    from llmcal.report.html import page_head
+
     parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>llmcal report: {e(str(config.get('name', '')))}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:1em 0;font-size:0.9em}td,th{border:1px solid #ccc;padding:4px 8px;"
-        "text-align:right}th{background:#f4f4f4}td.l,th.l{text-align:left}.muted{color:#666}</style></head><body>",
+        page_head(config),
         "<h1>Free-form answers: when the model says it is sure, is it right?</h1>",
         f"<p class='muted'>Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
         f"<b>{e(', '.join(config.get('tasks', [])))}</b> &middot; accuracy {_f(results['overall']['accuracy'])} on "
