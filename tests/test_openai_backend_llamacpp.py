@@ -193,6 +193,25 @@ def test_greedy_answers_agree_with_the_hf_backend(server_f32, items, embedded_ba
 
 
 @pytest.mark.slow
+def test_open_answers_and_signals_through_the_server_agree_with_the_hf_backend(server_f32, embedded_backend):
+    """An open-ended run through the chat endpoint (the server applies the GGUF's chat template,
+    the multi-turn verbalized question included) gives the HF backend's answers and signals."""
+    from llmcal.pipeline.measure_open import OpenSettings, answer_batch
+    from llmcal.tasks.open_tasks import load_open_task
+
+    items = load_open_task("builtin_open", limit=4)
+    s = OpenSettings(families=("tokens", "ptrue", "verbalized"))
+    api = answer_batch(_backend(server_f32.url), items, s)
+    hf = answer_batch(embedded_backend, items, s)
+    assert isinstance(api[0]["prompt"], list) and api[0]["prompt"][0]["role"] == "user"
+    for a, h in zip(api, hf):
+        assert a["prediction_text"] == h["prediction_text"] and a["correct"] == h["correct"]
+        assert a["replies"]["verbalized"] == h["replies"]["verbalized"]
+        for name in ("seq_prob", "mean_token_prob", "min_token_prob", "ptrue"):
+            assert abs(a["signals"][name] - h["signals"][name]) < 0.01, (name, a["signals"], h["signals"])
+
+
+@pytest.mark.slow
 def test_server_killed_mid_run_and_resumed(server, items, tmp_path):
     """Runs last: kills the module's Q4_1 server mid-run, restarts it on the same port, resumes."""
     from llmcal.pipeline.measure import measure

@@ -119,7 +119,12 @@ def generate(
     """Generate ``n`` answers for each prompt; greedy when ``temperature`` is 0.
 
     Returns one list of ``n`` :class:`Generation` per prompt, in prompt order.
+    A backend with its own ``generate`` (the openai backend: the server
+    decodes) is handed the same arguments.
     """
+    if hasattr(backend, "generate"):
+        return backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, n=n,
+                                seed=seed, top_k=top_k, stop=stop)
     import torch
 
     check_generate_args(temperature, n)

@@ -466,6 +466,11 @@ class OpenAIBackend:
             "httpx": httpx.__version__,
         }
 
+    @property
+    def takes_messages(self) -> bool:
+        """Whether ``generate`` takes whole conversations (lists of messages): on the chat endpoint."""
+        return self.generate_endpoint == "chat"
+
     def fingerprint(self) -> str:
         """A short hash naming the served model (by name and URL: the weights are out of reach)."""
         import hashlib
@@ -625,14 +630,19 @@ class OpenAIBackend:
     ) -> list[list]:
         """``n`` answers per prompt, greedy when ``temperature`` is 0 (as :func:`backends.generation.generate`).
 
-        Sample ``s`` of every prompt uses seed ``seed + s``; one request per
-        sample (llama-cpp-python ignores ``n``).
+        A prompt is a text or, on the chat endpoint, a conversation (a list of
+        ``{"role", "content"}`` messages, templated by the server).  Sample
+        ``s`` of every prompt uses seed ``seed + s``; one request per sample
+        (llama-cpp-python ignores ``n``).
         """
         from llmcal.backends.generation import check_generate_args
 
         check_generate_args(temperature, n)
         if not prompts:
             return []
+        for i, p in enumerate(prompts):
+            if not isinstance(p, str) and not self.takes_messages:
+                raise ValueError(f"prompt {i}: a conversation (list of messages) needs generate_endpoint=chat")
         stop = tuple(s for s in (stop or ()) if s)
 
         async def body(client):
@@ -643,7 +653,7 @@ class OpenAIBackend:
 
         return self._session(body)
 
-    async def _generate_one(self, client, prompt: str, max_new_tokens: int, temperature: float, seed: int,
+    async def _generate_one(self, client, prompt: str | list[dict], max_new_tokens: int, temperature: float, seed: int,
                             top_k: int, stop: tuple[str, ...]):
         payload: dict[str, Any] = {"model": self.model, "max_tokens": int(max_new_tokens),
                                    "temperature": float(temperature), "top_p": 1.0, "seed": int(seed)}
@@ -653,8 +663,8 @@ class OpenAIBackend:
             payload.update(NEUTRAL_SAMPLING)
         if self.generate_endpoint == "chat":
             url = f"{self.base_url}/chat/completions"
-            payload.update(messages=[{"role": "user", "content": prompt}], logprobs=True,
-                           top_logprobs=int(top_k))
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+            payload.update(messages=messages, logprobs=True, top_logprobs=int(top_k))
         else:
             url = f"{self.base_url}/completions"
             payload.update(prompt=prompt, logprobs=max(int(top_k), 1))

@@ -107,6 +107,21 @@ def _open_specs(args: argparse.Namespace) -> list[str] | None:
     return specs if specs and all(is_open) else None
 
 
+def _load_backend(args: argparse.Namespace, margs: dict[str, Any], quiet: bool):
+    """The run's backend: an OpenAI-compatible server, or a transformers model (no hidden layers yet)."""
+    if args.model == "openai":
+        from llmcal.backends.openai_compat import OpenAIBackend
+
+        return OpenAIBackend.load(**margs)
+    from llmcal.backends.hf import HFBackend
+
+    if not quiet:
+        print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
+              f"({margs['dtype']}) ...", flush=True)
+    kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+    return HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+
+
 def _measure(args: argparse.Namespace) -> RunDir:
     from llmcal.pipeline.measure import measure
 
@@ -120,18 +135,8 @@ def _measure(args: argparse.Namespace) -> RunDir:
     quiet = getattr(args, "quiet", False)
 
     def factory():
-        if args.model == "openai":
-            from llmcal.backends.openai_compat import OpenAIBackend
-
-            backend = OpenAIBackend.load(**margs)  # no hidden states over an API
-        else:
-            from llmcal.backends.hf import HFBackend
-
-            if not quiet:
-                print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
-                      f"({margs['dtype']}) ...", flush=True)
-            kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
-            backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+        backend = _load_backend(args, margs, quiet)
+        if args.model != "openai":  # no hidden states over an API
             backend.hidden_layers = tuple(_resolve_layers(config["hidden_layers"], backend.n_layers))
         meta = run.config()
         meta["model_desc"] = backend.model_name
@@ -176,13 +181,7 @@ def _measure_open(args: argparse.Namespace) -> RunDir:
     quiet = getattr(args, "quiet", False)
 
     def factory():
-        from llmcal.backends.hf import HFBackend
-
-        if not quiet:
-            print(f"loading {margs.get('pretrained') or 'the embedded SmolLM2-135M-Instruct'} "
-                  f"({margs['dtype']}) ...", flush=True)
-        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
-        backend = HFBackend.load(max_tokens=args.max_tokens, hidden_layers=(), **kwargs)
+        backend = _load_backend(args, margs, quiet)  # over an API the server generates
         meta = run.config()
         meta["model_desc"] = backend.model_name
         meta["backend"] = backend.describe()

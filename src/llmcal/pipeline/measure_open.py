@@ -71,17 +71,25 @@ def _user_message(item: OpenItem) -> str:
     return f"{instruction}\n\nQuestion: {item.question.strip()}"
 
 
-def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str:
-    """The prompt for a conversation: the model's chat template, or plain ``Question:/Answer:`` text."""
-    if chat and getattr(backend.tokenizer, "chat_template", None):
-        return backend.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str | list[dict[str, str]]:
+    """The prompt for a conversation: the model's chat template, or plain ``Question:/Answer:`` text.
+
+    A backend that takes whole conversations (``takes_messages``: the openai
+    backend on its chat endpoint) gets the messages themselves, so the server
+    applies its own model's template, as it would for any client.
+    """
+    if chat and getattr(backend, "takes_messages", False):
+        return [dict(m) for m in messages]
+    tok = getattr(backend, "tokenizer", None)
+    if chat and getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     lines = []
     for m in messages:
         lines.append(("Answer: " if m["role"] == "assistant" else "") + m["content"])
     return "\n".join(lines) + "\nAnswer:"
 
 
-def answer_prompt(backend, item: OpenItem, chat: bool) -> str:
+def answer_prompt(backend, item: OpenItem, chat: bool) -> str | list[dict[str, str]]:
     return chat_prompt(backend, [{"role": "user", "content": _user_message(item)}], chat)
 
 
@@ -137,7 +145,8 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
     from llmcal.backends.generation import generate
     from llmcal.signals.generation import token_signals
 
-    vocab = int(getattr(backend.model.config, "vocab_size", 0) or 0) or None
+    config = getattr(getattr(backend, "model", None), "config", None)  # an HF model; None over an API
+    vocab = int(getattr(config, "vocab_size", 0) or 0) or None
     n = len(items)
     prompts = [answer_prompt(backend, it, s.chat) for it in items]
     cost: list[dict[str, dict[str, float]]] = [{} for _ in items]
