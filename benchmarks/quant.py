@@ -13,10 +13,13 @@ Variants (``--methods``):
   (groups of ``--group_size`` below 8 bits, per output channel at 8 bits);
 * ``awq``: AWQ (Lin et al. 2024) for each of ``--bits`` (min-max RTN after the search);
 * ``smoothquant``: SmoothQuant W8A8 (Xiao et al. 2023), per-channel weights and
-  per-token dynamic activations, for each of ``--alphas``;
+  per-token dynamic activations, for each of ``--alphas`` x ``--smooth_groups``
+  (``paper``: the norms' outputs; ``all``: also up_proj -> down_proj);
 * ``w8a8``: the same W8A8 without smoothing;
 * ``static``: W8A8 with *static* per-tensor activation scales set on the
   calibration set, for each observer (the setting where outliers hurt);
+* ``--asymmetric`` / ``--float_zero_point``: the W4 weight rows asymmetric (integer
+  zero point, as AutoAWQ and compressed-tensors) or with GGUF Q4_1's float zero point;
 * ``--outlier M``: repeat static, smoothquant and awq with one extreme
   activation (M x the max |x|) injected into the calibration statistics.
 
@@ -39,7 +42,9 @@ def variants(args):
     def w(bits, observer="minmax"):
         if bits >= 8:
             return QuantArgs(bits, "channel", None, True, observer, args.percentile)
-        return QuantArgs(bits, "group", args.group_size, True, observer, args.percentile)
+        sym = not (args.asymmetric or args.float_zero_point)
+        return QuantArgs(bits, "group", args.group_size, sym, observer, args.percentile,
+                         float_zero_point=args.float_zero_point)
 
     dyn = QuantArgs(8, "channel", None, True, "minmax", dynamic=True)
     out = []
@@ -53,7 +58,8 @@ def variants(args):
             out += [(Recipe("awq", w(b), search_tokens=args.search_tokens, sequential=args.sequential), None)
                     for b in bits if b < 8]
         elif m == "smoothquant":
-            out += [(Recipe("smoothquant", w(8), dyn, alpha=float(a)), None) for a in args.alphas.split(",")]
+            out += [(Recipe("smoothquant", w(8), dyn, alpha=float(a), smooth_all=(g == "all")), None)
+                    for g in args.smooth_groups.split(",") for a in args.alphas.split(",")]
         elif m == "w8a8":
             out.append((Recipe("rtn", w(8), dyn), None))
         elif m == "static":
@@ -150,6 +156,14 @@ def main(argv=None) -> int:
     ap.add_argument("--percentile", type=float, default=99.9, help="weights' percentile observer")
     ap.add_argument("--act_percentile", type=float, default=99.99, help="activations' percentile observer")
     ap.add_argument("--group_size", type=int, default=64)
+    ap.add_argument("--asymmetric", action="store_true",
+                    help="weight-only rows (rtn, awq below 8 bits): asymmetric, integer zero point")
+    ap.add_argument("--float_zero_point", action="store_true",
+                    help="weight-only rows: asymmetric with a float zero point (GGUF Q4_1's format; "
+                         "simulation only)")
+    ap.add_argument("--smooth_groups", default="paper",
+                    help="SmoothQuant groups, comma-separated: paper (input norms -> q,k,v and gate,up) "
+                         "and/or all (also up -> down, and v -> o where shapes match)")
     ap.add_argument("--alphas", default="0.5")
     ap.add_argument("--search_tokens", type=int, default=2048, help="AWQ search tokens")
     ap.add_argument("--sequential", action="store_true", help="AWQ: next layer calibrated on quantized outputs")
@@ -159,7 +173,9 @@ def main(argv=None) -> int:
     ap.add_argument("--peer", action="store_true",
                     help="instead of llmcal's variants, run llm-compressor's AWQ and SmoothQuant (separate env)")
     ap.add_argument("--base_json", default=None,
-                    help="read the unquantized model's numbers from this JSON (as printed after 'fp32:')")
+                    help="read the unquantized model's numbers from this JSON (as written by --save_base)")
+    ap.add_argument("--save_base", default=None,
+                    help="write the unquantized model's numbers (with its predictions) to this JSON")
     ap.add_argument("--peer_only", default="", help="with --peer: only the recipe whose name contains this")
     args = ap.parse_args(argv)
 
@@ -191,6 +207,9 @@ def main(argv=None) -> int:
         base = json.loads(open(args.base_json).read())
     else:
         base = evaluate_model(base_model, tok, ppl, items)
+        if args.save_base:
+            with open(args.save_base, "w") as f:
+                json.dump(base, f)
     rows = [{"variant": "fp32 (original)", "outlier": None, **base}]
     print(f"fp32: {json.dumps({k: v for k, v in base.items() if k != 'predictions'})}", file=sys.stderr)
     if args.peer:
@@ -202,6 +221,7 @@ def main(argv=None) -> int:
         ev = evaluate_model(model, tok, ppl, items)
         row = {"variant": recipe.label(), "outlier": outlier, **ev, **compare(base, ev), **res.summary()}
         rows.append(row)
+        dump(args, rows)  # after every row: a stopped run keeps what it measured
         print(f"{recipe.label()} outlier={outlier}: ppl {fmt(ev.get('perplexity'))} acc {fmt(ev.get('accuracy'))} "
               f"ece {fmt(ev.get('ece'))} brier {fmt(ev.get('brier'))} conf {fmt(ev.get('mean_confidence'))} "
               f"quant {res.seconds:.1f} s (cpu {res.cpu_seconds:.1f} s)", file=sys.stderr, flush=True)
@@ -216,11 +236,15 @@ def main(argv=None) -> int:
               f"{fmt(r.get('ppl_ratio'), 4)} | {fmt(r.get('accuracy'))} | {fmt(r.get('retention'))} | "
               f"{fmt(r.get('ece'))} | {fmt(r.get('brier'))} | {fmt(r.get('mean_confidence'))} | "
               f"{fmt(r.get('seconds'), 1)} | {fmt(r.get('cpu_seconds'), 1)} | {fmt(r.get('extra_rss_mb'), 0)} |")
+    dump(args, rows)
+    return 0
+
+
+def dump(args, rows) -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"args": vars(args), "rows": [{k: v for k, v in r.items() if k != "predictions"}
                                                       for r in rows]}, f, indent=1, default=str)
-    return 0
 
 
 if __name__ == "__main__":

@@ -120,6 +120,28 @@ def test_observe_range_asymmetric_holds_zero():
     assert float(zp) == -8 and float(scale) == pytest.approx(2.0 / 15)
 
 
+def test_float_zero_point_reproduces_a_q4_1_grid_integer_zero_point_does_not():
+    # GGUF Q4_1: blocks of 32, x = d * q + m with q in 0..15 and a float minimum m; the
+    # embedded model's weights are exactly that.  Asymmetric RTN with a float zero point
+    # reproduces such weights; the integer zero point of compressed-tensors / AutoAWQ
+    # shifts the grid by up to half a step per block (a second rounding).
+    g = torch.Generator().manual_seed(0)
+    m = torch.rand(16, 1, generator=g) * 0.2 - 0.15  # (blocks, 1)
+    d = torch.rand(16, 1, generator=g) * 0.02 + 0.005
+    q = torch.randint(0, 16, (16, 32), generator=g).float()
+    q[:, 0], q[:, 1] = 0, 15  # every block uses its full range
+    w = (m + d * q).reshape(8, 64)  # (out, in): two blocks a row
+    fz = QuantArgs(4, "group", 32, symmetric=False, float_zero_point=True)
+    wq, scale, zp = quantize_weight(w, fz)
+    torch.testing.assert_close(wq, w, rtol=0, atol=1e-6)
+    assert scale.shape == zp.shape == (8, 2)
+    wi = quantize_weight(w, QuantArgs(4, "group", 32, symmetric=False))[0]
+    assert float((wi - w).abs().max()) > 1e-3
+    with pytest.raises(QuantError, match="float_zero_point"):
+        QuantArgs(4, "group", 32, symmetric=True, float_zero_point=True).validate()
+    assert fz.label() == "4b-g32-asymf-minmax"
+
+
 # ------------------------------------------------------------------ SmoothQuant / AWQ
 def test_smoothquant_folding_leaves_the_float_model_unchanged():
     from llmcal.quant.smoothquant import smooth_group
@@ -206,6 +228,39 @@ def test_awq_clip_search_never_worse_than_no_clip():
     e_clip = float((x @ (qw(wc, args)[0] - w).t()).pow(2).sum())
     e_rtn = float((x @ (qw(w, args)[0] - w).t()).pow(2).sum())
     assert e_clip <= e_rtn + 1e-6
+
+
+def test_smoothquant_smooth_all_also_scales_up_to_down():
+    model = tiny_llama(salient=True)
+    xs = samples()
+    ref = logits(model, xs)
+    wargs, dyn = QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)
+    paper = quantize_model(copy.deepcopy(model), xs, Recipe("smoothquant", wargs, dyn))
+    allg = copy.deepcopy(model)
+    res = quantize_model(allg, xs, Recipe("smoothquant", wargs, dyn, smooth_all=True))
+    assert "model.layers.0.mlp.up_proj" in res.smooth_max
+    assert "model.layers.0.mlp.up_proj" not in paper.smooth_max
+    assert "model.layers.0.self_attn.v_proj" not in res.smooth_max  # GQA: v narrower than o's input
+    assert float((logits(allg, xs) - ref).pow(2).mean()) < 1e-3
+    assert res.recipe.label().endswith("-alpha0.5-all")
+
+
+@pytest.mark.parametrize("fzp", [False, True])
+def test_awq_asymmetric_w4_beats_rtn_asymmetric(fzp):
+    model = tiny_llama(salient=True)
+    xs, held = samples(8, seed=1), samples(4, seed=2)
+    ref = logits(model, held)
+    wargs = QuantArgs(4, "group", 16, symmetric=False, float_zero_point=fzp)
+    errs = {}
+    for method in ("rtn", "awq"):
+        m = copy.deepcopy(model)
+        res = quantize_model(m, xs, Recipe(method, wargs, awq_grid=10, awq_clip_grid=10))
+        errs[method] = float((logits(m, held) - ref).pow(2).mean())
+        zp = res.weights["model.layers.0.mlp.down_proj"]["zero_point"]
+        assert zp.shape == (64, 128 // 16) and bool((zp != 0).any())
+        if not fzp:
+            assert torch.equal(zp, zp.round())
+    assert errs["awq"] < errs["rtn"]
 
 
 def test_v_to_o_group_only_when_shapes_match():

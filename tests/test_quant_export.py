@@ -38,6 +38,8 @@ def _logits(model, xs):
     (Recipe("awq", QuantArgs(4, "group", 32), awq_grid=4, awq_clip_grid=4), "transformers", "pack-quantized"),
     (Recipe("rtn", QuantArgs(8, "channel", None, observer="mse")), "transformers", "pack-quantized"),
     (Recipe("rtn", QuantArgs(4, "group", 16, symmetric=False)), "compressed_tensors", "pack-quantized"),
+    (Recipe("awq", QuantArgs(4, "group", 16, symmetric=False), awq_grid=4, awq_clip_grid=4),
+     "compressed_tensors", "pack-quantized"),
     (Recipe("smoothquant", QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)),
      "transformers", "int-quantized"),
 ])
@@ -70,3 +72,14 @@ def test_export_leaves_the_simulated_model_alone(tiny, tmp_path):
     before = _logits(model, xs)
     export_compressed(model, res, tmp_path / "e")
     torch.testing.assert_close(_logits(model, xs), before, rtol=0, atol=0)
+
+
+def test_export_refuses_a_float_zero_point(tiny, tmp_path):
+    from llmcal.quant import QuantError
+
+    base, xs = tiny
+    model = copy.deepcopy(base)
+    res = quantize_model(model, xs, Recipe("rtn", QuantArgs(4, "group", 16, symmetric=False,
+                                                            float_zero_point=True)))
+    with pytest.raises(QuantError, match="float_zero_point"):
+        export_compressed(model, res, tmp_path / "e")

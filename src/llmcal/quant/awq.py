@@ -107,8 +107,9 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, wargs: QuantArgs, n_grid:
         r = 1.0 - max_shrink * i / n_grid
         lo, hi = lo0 * r, hi0 * r
         wc = torch.maximum(torch.minimum(w, hi), lo)  # (out, G, g)
-        scale, zp = params_from_range(lo, hi, wargs.bits, wargs.symmetric)
-        wq = fake_quant(wc, scale, zp, wargs.bits)
+        fzp = wargs.float_zero_point and not wargs.symmetric
+        scale, zp = params_from_range(lo, hi, wargs.bits, wargs.symmetric, fzp)
+        wq = fake_quant(wc, scale, zp, wargs.bits, fzp)
         err = (torch.bmm(xg, wq.permute(1, 2, 0)) - ref).pow(2).sum(dim=1)  # (G, out)
         err = err.t()[..., None]  # (out, G, 1)
         better = err < best

@@ -59,6 +59,9 @@ def export_compressed(model, result, out_dir: str | Path, tokenizer=None) -> Pat
     from llmcal.quant.rtn import HANDLES_ATTR
 
     recipe = result.recipe
+    if recipe.weights.float_zero_point:
+        raise QuantError("weights.float_zero_point", "compressed-tensors stores integer zero points; "
+                         "a float zero point (GGUF Q4_1 style) is simulation only")
     if recipe.activations is not None and recipe.activations.bits != 8:
         raise QuantError("activations.bits", "the export writes 8-bit activation schemes only")
     out = Path(out_dir)

@@ -56,18 +56,23 @@ def scale_shape(w_shape: tuple[int, int], args: QuantArgs) -> tuple[int, ...]:
 
 
 def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int,
-                      symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+                      symmetric: bool, float_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and integer zero point (both shaped like ``lo``) that cover [lo, hi].
 
     Symmetric: scale = max(|lo|, |hi|) / qmax, zero point 0 (so +-max are exact).
     Asymmetric: the range is widened to hold 0, scale = (hi - lo) / (qmax - qmin),
     zero point = round(qmin - lo / scale) (so 0 is exact, as padding needs).
+    ``float_zp`` (asymmetric): the zero point is not rounded and the range not
+    widened, so lo and hi are both exact (GGUF Q4_1: ``x = d * q + m``).
     """
     qmin, qmax = qrange(bits)
     if symmetric:
         amax = torch.maximum(lo.abs(), hi.abs())
         scale = (amax / qmax).clamp_min(_EPS)
         return scale, torch.zeros_like(scale)
+    if float_zp:
+        scale = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS)
+        return scale, qmin - lo / scale
     lo = lo.clamp(max=0.0)
     hi = hi.clamp(min=0.0)
     scale = ((hi - lo) / (qmax - qmin)).clamp_min(_EPS)
@@ -75,9 +80,15 @@ def params_from_range(lo: torch.Tensor, hi: torch.Tensor, bits: int,
     return scale, zp
 
 
-def quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int) -> torch.Tensor:
-    """Integers (as floats): clamp(round(x / scale) + zp, qmin, qmax); broadcasting."""
+def quantize(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int,
+             float_zp: bool = False) -> torch.Tensor:
+    """Integers (as floats): clamp(round(x / scale) + zp, qmin, qmax); broadcasting.
+
+    ``float_zp``: the zero point is real, so it goes inside the rounding.
+    """
     qmin, qmax = qrange(bits)
+    if float_zp:
+        return torch.clamp(torch.round(x / scale + zp), qmin, qmax)
     return torch.clamp(torch.round(x / scale) + zp, qmin, qmax)
 
 
@@ -85,9 +96,10 @@ def dequantize(q: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor) -> torch.
     return (q - zp) * scale
 
 
-def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int) -> torch.Tensor:
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, zp: torch.Tensor, bits: int,
+               float_zp: bool = False) -> torch.Tensor:
     """Quantize and dequantize: what the integer model computes, in float."""
-    return dequantize(quantize(x, scale, zp, bits), scale, zp)
+    return dequantize(quantize(x, scale, zp, bits, float_zp), scale, zp)
 
 
 def _quantile(x: torch.Tensor, q: float) -> torch.Tensor:
@@ -114,20 +126,20 @@ def observe_range(rows: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, to
         return lo[:, None], hi[:, None]
     lo, hi = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
     if args.observer == "mse":
-        return _mse_range(rows, lo, hi, args.bits, args.symmetric)
+        return _mse_range(rows, lo, hi, args.bits, args.symmetric, args.float_zero_point)
     return lo, hi
 
 
 def _mse_range(rows: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, bits: int,
-               symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+               symmetric: bool, float_zp: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Shrink [lo, hi] by the factor r in [0.2, 1] minimizing sum (x - q(x))^2, per row."""
     best = torch.full_like(lo, float("inf"))  # (rows, 1)
     best_lo, best_hi = lo.clone(), hi.clone()
     for i in range(MSE_GRID):
         r = 1.0 - MSE_MAX_SHRINK * i / MSE_GRID
         c_lo, c_hi = lo * r, hi * r
-        scale, zp = params_from_range(c_lo, c_hi, bits, symmetric)
-        err = (fake_quant(rows, scale, zp, bits) - rows).pow(2).sum(dim=1, keepdim=True)  # (rows, 1)
+        scale, zp = params_from_range(c_lo, c_hi, bits, symmetric, float_zp)
+        err = (fake_quant(rows, scale, zp, bits, float_zp) - rows).pow(2).sum(dim=1, keepdim=True)  # (rows, 1)
         better = err < best
         best = torch.where(better, err, best)
         best_lo = torch.where(better, c_lo, best_lo)
@@ -143,8 +155,9 @@ def quantize_weight(w: torch.Tensor, args: QuantArgs) -> tuple[torch.Tensor, tor
     """
     rows = to_rows(w.float(), args)  # (n_rows, row_len)
     lo, hi = observe_range(rows, args)
-    scale, zp = params_from_range(lo, hi, args.bits, args.symmetric)  # (n_rows, 1)
-    wq = fake_quant(rows, scale, zp, args.bits).reshape(w.shape).to(w.dtype)
+    fzp = args.float_zero_point and not args.symmetric
+    scale, zp = params_from_range(lo, hi, args.bits, args.symmetric, fzp)  # (n_rows, 1)
+    wq = fake_quant(rows, scale, zp, args.bits, fzp).reshape(w.shape).to(w.dtype)
     shape = scale_shape(tuple(w.shape), args)
     return wq, scale.reshape(shape), zp.reshape(shape)
 

@@ -154,7 +154,7 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
 
             if recipe.method == "smoothquant":
                 for g in mapping.groups:
-                    if g.smooth and group_applies(layer, g):
+                    if (g.smooth or recipe.smooth_all) and group_applies(layer, g):
                         s = smoothquant.smooth_group(layer, g, stats[keys[g.linears[0]]].absmax_c,
                                                      recipe.alpha)
                         result.smooth_max[f"{name}.{g.prev}"] = float(s.max())

@@ -2,7 +2,10 @@
 
 Integers are signed, as in the compressed-tensors format: ``bits`` b gives the
 range [-2^(b-1), 2^(b-1) - 1]; dequantization is ``(q - zero_point) * scale``.
-Symmetric quantization has ``zero_point = 0``.
+Symmetric quantization has ``zero_point = 0``.  Asymmetric quantization has an
+integer zero point (compressed-tensors, AutoAWQ, vLLM's kernels), or, with
+``float_zero_point``, a real one: ``x = (q - z) * scale`` with ``z`` not rounded,
+i.e. GGUF's Q4_1 ``x = d * q + m`` (simulation only; the export refuses it).
 
 Granularity (which elements share one scale):
 
@@ -35,6 +38,7 @@ class QuantArgs:
     observer: str = "minmax"
     percentile: float = 99.9  # for observer="percentile": the kept fraction of |x|, in percent
     dynamic: bool = False  # activations only: scales from each token at run time
+    float_zero_point: bool = False  # asymmetric only: zero point not rounded (GGUF Q4_1's min)
 
     def validate(self, name: str = "weights") -> "QuantArgs":
         """Raise :class:`QuantError` naming the field when a setting is impossible."""
@@ -52,6 +56,8 @@ class QuantArgs:
                              f"unknown {self.observer!r}; use one of {', '.join(OBSERVERS)}")
         if not 50.0 < float(self.percentile) <= 100.0:
             raise QuantError(f"{name}.percentile", f"must be in (50, 100], got {self.percentile!r}")
+        if self.float_zero_point and self.symmetric:
+            raise QuantError(f"{name}.float_zero_point", "a float zero point needs symmetric=False")
         if self.dynamic and self.granularity != "channel":
             raise QuantError(f"{name}.dynamic", "dynamic activation quantization is per token "
                              "(granularity 'channel')")
@@ -66,7 +72,8 @@ class QuantArgs:
 
     def label(self) -> str:
         g = {"tensor": "t", "channel": "c", "group": f"g{self.group_size}"}[self.granularity]
-        return f"{self.bits}b-{g}-{'sym' if self.symmetric else 'asym'}-{self.observer}"
+        sym = "sym" if self.symmetric else ("asymf" if self.float_zero_point else "asym")
+        return f"{self.bits}b-{g}-{sym}-{self.observer}"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -93,6 +100,7 @@ class Recipe:
     awq_clip_grid: int = 20  # AWQ's clipping ratios 1, 1 - 0.5/grid, ..., 0.5
     sequential: bool = False  # next layer's calibration inputs through the quantized layer
     search_tokens: int = 2048  # AWQ: calibration tokens (whole samples) used in the scale search
+    smooth_all: bool = False  # SmoothQuant: also the groups whose prev is a linear (up -> down, v -> o)
 
     def validate(self) -> "Recipe":
         if self.method not in METHODS:
@@ -114,7 +122,8 @@ class Recipe:
     def label(self) -> str:
         a = "" if self.activations is None else (
             f"a{self.activations.bits}-" + ("dyn" if self.activations.dynamic else self.activations.observer))
-        extra = f"-alpha{self.alpha:g}" if self.method == "smoothquant" else ""
+        extra = (f"-alpha{self.alpha:g}{'-all' if self.smooth_all else ''}"
+                 if self.method == "smoothquant" else "")
         return f"{self.method}-w{self.weights.label()}{'-' + a if a else ''}{extra}"
 
     def with_(self, **kw) -> "Recipe":
