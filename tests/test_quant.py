@@ -404,3 +404,20 @@ def test_cli_rejects_bad_bits_before_loading(monkeypatch):
     args = build_parser().parse_args(["quantize", "--n_samples", "5000", "--calibration", "builtin"])
     with pytest.raises(QuantError, match="fewer than the 5000 requested"):
         args.func(args)
+
+
+def test_quantize_cli_flags_reach_the_recipe_and_bad_combinations_fail_before_work():
+    from llmcal.cli.main import build_parser
+    from llmcal.cli.quant_commands import build_recipe, cmd_quantize
+    from llmcal.quant.errors import QuantError
+
+    parse = build_parser().parse_args
+    r = build_recipe(parse(["quantize", "--method", "smoothquant", "--w_bits", "8", "--smooth_all"]))
+    assert r.smooth_all and r.activations.dynamic and r.label().endswith("-all")
+    r = build_recipe(parse(["quantize", "--method", "rtn", "--group_size", "32", "--asym", "--float_zero_point"]))
+    assert r.weights.float_zero_point and not r.weights.symmetric
+    with pytest.raises(QuantError, match="float_zero_point"):
+        build_recipe(parse(["quantize", "--method", "rtn", "--float_zero_point"]))  # needs --asym
+    with pytest.raises(ValueError, match="integer zero points"):
+        cmd_quantize(parse(["quantize", "--method", "rtn", "--asym", "--float_zero_point", "--export",
+                            "--output_path", "/nonexistent/never-written"]))

@@ -38,6 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="weight scale granularity (default: group below 8 bits, channel at 8)")
     q.add_argument("--group_size", "--group-size", type=int, default=64, help="default 64 (576 = 9 x 64)")
     q.add_argument("--asym", action="store_true", help="asymmetric weights (zero points)")
+    q.add_argument("--float_zero_point", "--float-zero-point", action="store_true",
+                   help="with --asym: zero points not rounded (GGUF Q4_1's grid; simulation only, no --export)")
     q.add_argument("--observer", default="minmax", choices=["minmax", "percentile", "mse"])
     q.add_argument("--percentile", type=float, default=99.9)
     q.add_argument("--a_bits", "--a-bits", type=int, default=None,
@@ -47,6 +49,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--a_observer", "--a-observer", default="minmax", choices=["minmax", "percentile", "mse"])
     q.add_argument("--a_percentile", "--a-percentile", type=float, default=99.99)
     q.add_argument("--alpha", type=float, default=0.5, help="SmoothQuant's migration strength (default 0.5)")
+    q.add_argument("--smooth_all", "--smooth-all", action="store_true",
+                   help="SmoothQuant: also smooth up_proj -> down_proj (and v_proj -> o_proj where shapes match)")
     q.add_argument("--search_tokens", "--search-tokens", type=int, default=2048,
                    help="AWQ: calibration tokens used by the scale search (default 2048)")
     q.add_argument("--no_clip", "--no-clip", action="store_true", help="AWQ without the clipping search")
@@ -78,19 +82,21 @@ def build_recipe(args):
     a_bits = args.a_bits if args.a_bits is not None else (8 if args.method == "smoothquant" else None)
     gran = args.granularity or ("group" if args.w_bits < 8 else "channel")
     w = QuantArgs(args.w_bits, gran, args.group_size if gran == "group" else None, not args.asym,
-                  args.observer, args.percentile)
+                  args.observer, args.percentile, float_zero_point=args.float_zero_point)
     a = None
     if a_bits is not None:
         a = QuantArgs(a_bits, "tensor" if args.a_static else "channel", None, True, args.a_observer,
                       args.a_percentile, dynamic=not args.a_static)
     return Recipe(args.method, w, a, alpha=args.alpha, awq_clip=not args.no_clip, sequential=args.sequential,
-                  search_tokens=args.search_tokens).validate()
+                  search_tokens=args.search_tokens, smooth_all=args.smooth_all).validate()
 
 
 def cmd_quantize(args) -> int:
     recipe = build_recipe(args)  # bad bits / group sizes fail here, before loading anything
     if args.export and not args.output_path:
         raise ValueError("--export needs --output_path")
+    if args.export and args.float_zero_point:
+        raise ValueError("--export with --float_zero_point: compressed-tensors stores integer zero points only")
     from llmcal.quant.data import load_texts
 
     calib_texts = load_texts(args.calibration, args.n_samples, args.data_dir)
