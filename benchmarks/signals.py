@@ -105,22 +105,19 @@ def _embedder():
 
 # ----------------------------------------------------------------------------- part 2
 def user_messages(items) -> list[str]:
-    from llmcal.pipeline.measure_open import _user_message
+    from llmcal.pipeline.measure_open import user_message
 
-    return [_user_message(it) for it in items]
+    return [user_message(it) for it in items]
 
 
 def run_llmcal(backend, messages: list[str], batch: int, max_new: int) -> tuple[list[dict], float]:
     """Greedy answers + token signals + llmcal's P(True), batched; seconds exclude loading."""
-    from llmcal.backends.generation import end_token_ids, generate
+    from llmcal.backends.generation import generate
     from llmcal.signals.generation import token_signals
     from llmcal.signals.ptrue import ptrue_from_logprobs, ptrue_request
 
-    tok = backend.tokenizer
-    prompts = [tok.apply_chat_template([{"role": "user", "content": m}], tokenize=False, add_generation_prompt=True)
-               for m in messages]
+    prompts = [backend.apply_chat_template(m) for m in messages]
     vocab = int(backend.model.config.vocab_size)
-    eos = set(end_token_ids(backend))
 
     def one_batch(lo: int, hi: int) -> list[dict]:
         gens = [g[0] for g in generate(backend, prompts[lo:hi], max_new_tokens=max_new, temperature=0.0,
@@ -129,7 +126,7 @@ def run_llmcal(backend, messages: list[str], batch: int, max_new: int) -> tuple[
         out = []
         for g, sc in zip(gens, scores):
             sig = token_signals(g, vocab)
-            out.append({"text": g.text, "token_ids": [i for i in g.token_ids if i not in eos],
+            out.append({"text": g.text, "token_ids": list(g.token_ids),  # the end token is already cut
                         "token_logprobs": g.token_logprobs.tolist(), "entropies": g.entropies.tolist(),
                         "finish": g.finish_reason, "seq_prob": sig["seq_prob"], "entropy_conf": sig["entropy_conf"],
                         "ptrue": ptrue_from_logprobs(sc.logprobs[0], sc.logprobs[1])})
@@ -195,8 +192,7 @@ def polygraph_ptrue_reference(backend, messages: list[str], answers: list[str]) 
     true_id = [t for t in tok(["True"])["input_ids"][0] if t not in (tok.eos_token_id, tok.bos_token_id)][0]
     plain, masked = [], []
     for m, a in zip(messages, answers):
-        text = tok.apply_chat_template([{"role": "user", "content": template.format(q=m, a=a)}], tokenize=False,
-                                       add_generation_prompt=True)
+        text = backend.apply_chat_template(template.format(q=m, a=a))
         ids = torch.tensor([tok(text, add_special_tokens=False).input_ids])  # (1, t)
         with torch.inference_mode():
             logits = backend.model(ids).logits[0, -1].float()  # (vocab,)
@@ -208,8 +204,8 @@ def polygraph_ptrue_reference(backend, messages: list[str], answers: list[str]) 
 
 def compare(ours: list[dict], theirs: dict, eos_ids: set[int]) -> dict:
     """Item-by-item agreement on the tokens both generated (see the module docstring)."""
-    same_text = d_ll = d_ent = d_msp = d_mte = 0.0
-    n_same = 0
+    d_ll = d_ent = d_msp = d_mte = 0.0
+    n_same = same_text = 0
     for i, o in enumerate(ours):
         t_tokens, ll, ent = theirs["tokens"][i], theirs["ll"][i], theirs["entropy"][i]
         ended = bool(t_tokens) and t_tokens[-1] in eos_ids
@@ -223,8 +219,8 @@ def compare(ours: list[dict], theirs: dict, eos_ids: set[int]) -> dict:
             msp_body = -float(ll[:body].sum())
             d_msp = max(d_msp, abs(-math.log(max(o["seq_prob"], 1e-300)) - msp_body))
             d_mte = max(d_mte, abs(float(np.mean(o["entropies"])) - float(np.mean(ent[:body]))))
-        same_text += o["text"].strip() == str(theirs["texts"][i]).strip()
-    return {"n": len(ours), "same_tokens": n_same, "same_text": int(same_text), "max_d_token_logprob": d_ll,
+        same_text += int(o["text"].strip() == str(theirs["texts"][i]).strip())
+    return {"n": len(ours), "same_tokens": n_same, "same_text": same_text, "max_d_token_logprob": d_ll,
             "max_d_token_entropy": d_ent, "max_d_msp_answer_tokens": d_msp, "max_d_mean_entropy": d_mte}
 
 

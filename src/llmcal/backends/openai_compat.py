@@ -83,6 +83,7 @@ from typing import Any, Callable, Coroutine, Sequence
 import numpy as np
 
 from llmcal.backends.base import MCRequest, MCScore
+from llmcal.backends.generation import DEFAULT_STOP
 from llmcal.backends.http_retry import RetryPolicy, ServerError, ServerUnavailable, post_json
 
 OPENAI_KEYS = frozenset({
@@ -626,7 +627,7 @@ class OpenAIBackend:
         n: int = 1,
         seed: int = 0,
         top_k: int = 5,
-        stop: Sequence[str] | None = ("\n",),
+        stop: Sequence[str] | None = DEFAULT_STOP,
     ) -> list[list]:
         """``n`` answers per prompt, greedy when ``temperature`` is 0 (as :func:`backends.generation.generate`).
 

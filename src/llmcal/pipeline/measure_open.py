@@ -66,7 +66,8 @@ class OpenSettings:
         return {**asdict(self), "families": list(self.families)}
 
 
-def _user_message(item: OpenItem) -> str:
+def user_message(item: OpenItem) -> str:
+    """The question as the user asks it: the instruction (GSM8K's for numeric items), then the question."""
     instruction = GSM8K_INSTRUCTION if item.grader == "numeric" else INSTRUCTION
     return f"{instruction}\n\nQuestion: {item.question.strip()}"
 
@@ -90,7 +91,7 @@ def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str | li
 
 
 def answer_prompt(backend, item: OpenItem, chat: bool) -> str | list[dict[str, str]]:
-    return chat_prompt(backend, [{"role": "user", "content": _user_message(item)}], chat)
+    return chat_prompt(backend, [{"role": "user", "content": user_message(item)}], chat)
 
 
 def _stop(item: OpenItem) -> tuple[str, ...]:
@@ -227,7 +228,7 @@ def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, s
 
     t0 = time.perf_counter()
     prompts = [chat_prompt(backend, [
-        {"role": "user", "content": _user_message(it)},
+        {"role": "user", "content": user_message(it)},
         {"role": "assistant", "content": greedy[i].text or "(no answer)"},
         {"role": "user", "content": SCALES[scale]},
     ], s.chat) for i, it in enumerate(items)]

@@ -103,11 +103,11 @@ def search_clip(weight: torch.Tensor, x: torch.Tensor, wargs: QuantArgs, n_grid:
         lo0 = -hi0
     best = torch.full((out, n_groups, 1), float("inf"))
     best_lo, best_hi = lo0.clone(), hi0.clone()
+    fzp = wargs.float_zero_point  # validate(): only with symmetric=False
     for i in range(n_grid + 1):
         r = 1.0 - max_shrink * i / n_grid
         lo, hi = lo0 * r, hi0 * r
         wc = torch.maximum(torch.minimum(w, hi), lo)  # (out, G, g)
-        fzp = wargs.float_zero_point and not wargs.symmetric
         scale, zp = params_from_range(lo, hi, wargs.bits, wargs.symmetric, fzp)
         wq = fake_quant(wc, scale, zp, wargs.bits, fzp)
         err = (torch.bmm(xg, wq.permute(1, 2, 0)) - ref).pow(2).sum(dim=1)  # (G, out)

@@ -111,13 +111,19 @@ def page_head(config: dict[str, Any]) -> str:
     )
 
 
+def model_and_tasks(config: dict[str, Any]) -> str:
+    """The report's first line, shared by both reports: which model, on which tasks."""
+    e = html.escape
+    return (f"Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
+            f"<b>{e(', '.join(config.get('tasks', [])))}</b>")
+
+
 def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
     e = html.escape
     parts = [
         page_head(config),
         "<h1>When the model says it is sure, is it right?</h1>",
-        f"<p class='muted'>Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
-        f"<b>{e(', '.join(config.get('tasks', [])))}</b> &middot; prompt style {e(str(config.get('style')))}"
+        f"<p class='muted'>{model_and_tasks(config)} &middot; prompt style {e(str(config.get('style')))}"
         f"{' (chat template)' if config.get('chat') else ''} &middot; dtype {e(str(config.get('dtype')))} &middot; "
         f"{results['overall']['n']} items ({results['split']['n_cal']} calibration / "
         f"{results['split']['n_test']} test, seed {results['split']['seed']}) &middot; llmcal "

@@ -13,13 +13,12 @@ def _f(x: Any) -> str:
 
 def render_open_html(results: dict[str, Any], config: dict[str, Any]) -> str:
     e = html.escape
-    from llmcal.report.html import page_head
+    from llmcal.report.html import model_and_tasks, page_head
 
     parts = [
         page_head(config),
         "<h1>Free-form answers: when the model says it is sure, is it right?</h1>",
-        f"<p class='muted'>Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
-        f"<b>{e(', '.join(config.get('tasks', [])))}</b> &middot; accuracy {_f(results['overall']['accuracy'])} on "
+        f"<p class='muted'>{model_and_tasks(config)} &middot; accuracy {_f(results['overall']['accuracy'])} on "
         f"{results['overall']['n']} items ({results['split']['n_cal']} calibration / {results['split']['n_test']} "
         "test)</p>",
         "<h2>Signals on the test part</h2><p class='muted'>Raw: the signal as the model gives it; recalibrated: "
