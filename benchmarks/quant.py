@@ -182,8 +182,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(max(1, int(os.environ.get("LLMCAL_THREADS", "1"))))
-    from llmcal.backends.hf import HFBackend
     from llmcal.backends.model_args import parse_model_args
+    from llmcal.backends.registry import load_backend
     from llmcal.quant.data import load_texts, tokenize
     from llmcal.quant.evaluate import compare, evaluate_model
     from llmcal.quant.quantizer import check_inputs, quantize_model
@@ -191,7 +191,7 @@ def main(argv=None) -> int:
 
     todo = [] if args.peer else variants(args)
     t = time.perf_counter()
-    backend = HFBackend.load(**parse_model_args(args.model_args)) if args.model_args else HFBackend.load()
+    backend = load_backend("hf", **parse_model_args(args.model_args))
     base_model, tok = backend.model, backend.tokenizer
     torch.set_num_threads(max(1, int(os.environ.get("LLMCAL_THREADS", "1"))))  # load() sets its own
     for r, _ in todo:  # every bad input before any work

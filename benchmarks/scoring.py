@@ -25,7 +25,7 @@ HERE = Path(__file__).resolve().parent
 
 
 def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int) -> dict:
-    from llmcal.backends.hf import HFBackend
+    from llmcal.backends.registry import load_backend
     from llmcal.tasks.prompts import build_request, normalization_lengths
     from llmcal.tasks.registry import load_task
 
@@ -33,7 +33,7 @@ def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int) -> dict:
     split = "dev" if data.stem.endswith("_dev") else "test"
     name = ("arc_challenge" if "challenge" in data.name else "arc_easy") + f":{split}"
     items = load_task(name, data_dir=data.parent, limit=limit)
-    backend = HFBackend.load(dtype=dtype, max_tokens=max_tokens, hidden_layers=(-1,))
+    backend = load_backend("hf", dtype=dtype, max_tokens=max_tokens, hidden_layers=(-1,))
     requests = [build_request(it, "cloze") for it in items]
     backend.score_mc(requests[:8])  # warm-up
     start = time.perf_counter()

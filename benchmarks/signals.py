@@ -20,7 +20,7 @@ only at the end-of-turn token (LM-Polygraph's default stopping), batch ``--batch
   ``estimate_uncertainty`` builds them (its greedy statistics keep attention maps, which
   need ``attn_implementation="eager"`` under transformers 5), and again with attentions and
   hidden states off ("lean"), the fastest it offers;
-* llmcal: ``backends.generation.generate`` + ``signals.generation.token_signals`` +
+* llmcal: ``HFBackend.generate`` + ``signals.generation.token_signals`` +
   ``signals.ptrue`` (one scoring pass), sdpa attention;
 * values compared item by item on the same tokens, with the conventions stated (LM-Polygraph
   counts the end-of-turn token in the sequence probability and the entropy; llmcal scores the
@@ -50,11 +50,11 @@ TOL_ENTROPY = 1e-3
 
 
 def load_items(tasks: str, data_dir: str | None, limit: int):
-    from llmcal.tasks.open_tasks import load_open_task
+    from llmcal.tasks.registry import load_task
 
     items = []
     for spec in tasks.split(","):
-        items.extend(load_open_task(spec.strip(), data_dir=data_dir, limit=limit))
+        items.extend(load_task(spec.strip(), data_dir=data_dir, limit=limit))
     return items
 
 
@@ -105,22 +105,21 @@ def _embedder():
 
 # ----------------------------------------------------------------------------- part 2
 def user_messages(items) -> list[str]:
-    from llmcal.pipeline.measure_open import user_message
+    from llmcal.tasks.prompts import user_message
 
     return [user_message(it) for it in items]
 
 
 def run_llmcal(backend, messages: list[str], batch: int, max_new: int) -> tuple[list[dict], float]:
     """Greedy answers + token signals + llmcal's P(True), batched; seconds exclude loading."""
-    from llmcal.backends.generation import generate
     from llmcal.signals.generation import token_signals
     from llmcal.signals.ptrue import ptrue_from_logprobs, ptrue_request
 
     prompts = [backend.apply_chat_template(m) for m in messages]
-    vocab = int(backend.model.config.vocab_size)
+    vocab = backend.vocab_size
 
     def one_batch(lo: int, hi: int) -> list[dict]:
-        gens = [g[0] for g in generate(backend, prompts[lo:hi], max_new_tokens=max_new, temperature=0.0,
+        gens = [g[0] for g in backend.generate(prompts[lo:hi], max_new_tokens=max_new, temperature=0.0,
                                        stop=(), top_k=2)]
         scores = backend.score_mc([ptrue_request(m, g.text) for m, g in zip(messages[lo:hi], gens)])
         out = []
@@ -248,17 +247,17 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
-    os.environ["LLMCAL_THREADS"] = str(args.threads)  # HFBackend.load sets torch's threads from it
+    os.environ["LLMCAL_THREADS"] = str(args.threads)  # loading an hf backend sets torch's threads from it
     import torch
 
     torch.set_num_threads(args.threads)
-    from llmcal.backends.generation import end_token_ids
-    from llmcal.backends.hf import HFBackend
+    from llmcal.backends.hf_generation import end_token_ids
+    from llmcal.backends.registry import load_backend
 
     items = load_items(args.tasks, args.data_dir, args.limit)
     print(f"{len(items)} questions ({args.tasks}, {args.limit} each); {args.threads} threads; "
           f"torch {torch.__version__}", flush=True)
-    backend = HFBackend.load(dtype="float32", hidden_layers=())
+    backend = load_backend("hf", dtype="float32")
     out: dict = {"n": len(items), "tasks": args.tasks, "threads": args.threads}
 
     if "cost" not in skip:
@@ -289,7 +288,7 @@ def main(argv=None) -> int:
     ours, t_ours = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens)
     bf16 = None
     if "bf16" not in skip:  # the same pipeline in bfloat16 (``--model_args dtype=bfloat16``)
-        b16 = HFBackend.load(dtype="bfloat16", hidden_layers=())
+        b16 = load_backend("hf", dtype="bfloat16")
         rows16, t16 = run_llmcal(b16, messages, args.batch_size, args.max_new_tokens)
         del b16
         bf16 = {"seconds": t16, "same_text": sum(a["text"] == b["text"] for a, b in zip(ours, rows16)),
@@ -297,7 +296,7 @@ def main(argv=None) -> int:
                                           for a, b in zip(ours, rows16) if a["text"] == b["text"]),
                 "max_d_ptrue": max(abs(a["ptrue"] - b["ptrue"]) for a, b in zip(ours, rows16) if a["text"] == b["text"]),
                 "rows": rows16}
-    eager = HFBackend.load(dtype="float32", hidden_layers=(), attn_implementation="eager")
+    eager = load_backend("hf", dtype="float32", attn_implementation="eager")
     eager.tokenizer.padding_side = "left"
     eos = set(end_token_ids(backend))
     variants = [("default", False)] + ([] if "lean" in skip else [("lean", True)])

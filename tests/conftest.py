@@ -31,6 +31,6 @@ def embedded_backend():
     """The real embedded SmolLM2-135M-Instruct in fp32, loaded once per session."""
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from llmcal.backends.hf import HFBackend
+    from llmcal.backends.registry import load_backend
 
-    return HFBackend.load(dtype="float32", hidden_layers=(15, -1))
+    return load_backend("hf", dtype="float32", hidden_layers=(15, -1))

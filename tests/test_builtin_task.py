@@ -24,7 +24,7 @@ from llmcal.tasks.builtin import (
     builtin_open_items,
     number_words,
 )
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 
 
 @pytest.fixture(scope="module")

@@ -110,8 +110,14 @@ def test_binary_temperature_is_logit_over_t():
     with pytest.raises(ValueError, match="binary confidence"):
         t.predict(np.zeros((3, 2)))
     tm = TemperatureScaling().fit(*overconfident_logits(n=500))
-    with pytest.raises(ValueError, match="columns"):
-        tm.predict(np.zeros((3, 4)))
+    # a temperature belongs to the logits, not to their number: a 5-column fit scales 2 or 4 columns
+    for k in (2, 4):
+        z = np.random.default_rng(k).normal(size=(3, k))
+        e = np.exp((z - z.max(1, keepdims=True)) / tm.temperature_)
+        np.testing.assert_allclose(tm.predict_proba(z), e / e.sum(1, keepdims=True), rtol=1e-12)
+        np.testing.assert_allclose(tm.predict(z), (e / e.sum(1, keepdims=True)).max(1), rtol=1e-12)
+    with pytest.raises(ValueError, match=r"\(n, k\) logit matrix"):
+        tm.predict(np.zeros((3, 1)))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -43,7 +43,7 @@ def test_tokenization_follows_lm_eval(embedded_backend):
 
 
 def test_letters_style_scores_one_row(embedded_backend):
-    from llmcal.tasks.item import MCItem
+    from llmcal.core.items import MCItem
 
     item = MCItem("x", "t", "What is the capital of France?", ("Berlin", "Paris", "Rome", "Madrid"), 1)
     (s,) = embedded_backend.score_mc([build_request(item, "letters")])
@@ -136,7 +136,7 @@ def test_bad_task_fails_before_model_load(tmp_path):
 
 
 def test_chat_template_letters_scoring(embedded_backend):
-    from llmcal.tasks.item import MCItem
+    from llmcal.core.items import MCItem
 
     item = MCItem("x", "t", "What is the capital of France?", ("Berlin", "Paris", "Rome", "Madrid"), 1)
     req = build_request(item, "letters", embedded_backend.apply_chat_template)

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from llmcal.records.lmeval_import import read_lmeval_samples
+from llmcal.pipeline.lmeval_import import read_lmeval_samples
 from llmcal.signals.mc import mc_signals
 from llmcal.tasks.errors import TaskError
 
@@ -44,20 +44,20 @@ def make_samples(tmp_path, n=60, seed=0):
 def test_both_logged_shapes_are_read_and_checked(tmp_path):
     path = make_samples(tmp_path)
     recs = read_lmeval_samples([path])
-    assert len(recs) == 60 and recs[0]["task"] == "arc_easy" and recs[0]["id"] == "arc_easy-0"
+    assert len(recs) == 60 and recs[0].task == "arc_easy" and recs[0].id == "arc_easy-0"
     raw = [json.loads(x) for x in path.read_text().splitlines()]
     for r, src in zip(recs, raw):
         lls = [float(x[0]) for x in src["filtered_resps"]]
-        assert r["option_logprobs"] == pytest.approx(lls)
-        assert r["correct"] == bool(src["acc"])
+        assert r.option_logprobs == pytest.approx(lls)
+        assert r.correct == bool(src["acc"])
         pred, sig = mc_signals(np.array(lls), np.ones(4))
-        assert r["prediction"] == pred and r["signals"]["option_prob"] == pytest.approx(sig["option_prob"])
-        assert r["choices"] == ["a", "bb", "ccc", "dddd"]
+        assert r.prediction == pred and r.signals["option_prob"] == pytest.approx(sig["option_prob"])
+        assert r.choices == ["a", "bb", "ccc", "dddd"]
 
 
 def test_target_given_as_text(tmp_path):
     p = _write(tmp_path / "samples_t.jsonl", [_line(0, "Q:", [" yes", " no"], [-1.0, -2.0], "no", acc=0.0)])
-    assert read_lmeval_samples([p])[0]["reference"] == 1
+    assert read_lmeval_samples([p])[0].reference == 1
 
 
 @pytest.mark.parametrize("line, match", [
@@ -85,7 +85,7 @@ def test_import_command_calibrates_without_a_model(tmp_path):
     res = json.loads((out / "results.json").read_text())
     assert res["overall"]["n"] == 200
     recs = read_lmeval_samples([path])
-    assert res["overall"]["accuracy"] == pytest.approx(np.mean([r["correct"] for r in recs]))
+    assert res["overall"]["accuracy"] == pytest.approx(np.mean([r.correct for r in recs]))
     assert "temperature" in res["calibrated_test"] and (out / "report.html").exists()
     # importing again into the same folder is refused rather than duplicating items
     assert main(["import-lmeval", str(path), "--output_path", str(out), "--quiet"]) == 2

@@ -12,13 +12,11 @@ pytestmark = pytest.mark.slow
 
 
 def test_generation_keeps_token_evidence_and_is_batch_invariant(embedded_backend):
-    from llmcal.backends.generation import generate
-
     b = embedded_backend
     prompts = [b.apply_chat_template("What is the capital of France? Answer in a few words."),
                b.apply_chat_template("Name a primary colour.")]
-    both = generate(b, prompts, max_new_tokens=12)
-    alone = generate(b, prompts[:1], max_new_tokens=12)
+    both = b.generate(prompts, max_new_tokens=12)
+    alone = b.generate(prompts[:1], max_new_tokens=12)
     g = both[0][0]
     assert "Paris" in g.text and g.finish_reason == "stop"
     # left padding changes nothing: the same answer and log-probabilities as alone
@@ -30,11 +28,11 @@ def test_generation_keeps_token_evidence_and_is_batch_invariant(embedded_backend
         assert lp == pytest.approx(top[0][1], abs=1e-4)
     # the decoded tokens are the text
     assert b.tokenizer.decode(g.token_ids, skip_special_tokens=True).strip() == g.text
-    sampled = generate(b, prompts[:1], max_new_tokens=8, temperature=1.0, n=3, seed=3)
-    again = generate(b, prompts[:1], max_new_tokens=8, temperature=1.0, n=3, seed=3)
+    sampled = b.generate(prompts[:1], max_new_tokens=8, temperature=1.0, n=3, seed=3)
+    again = b.generate(prompts[:1], max_new_tokens=8, temperature=1.0, n=3, seed=3)
     assert [x.text for x in sampled[0]] == [x.text for x in again[0]]  # seeded
     with pytest.raises(ValueError, match="greedy"):
-        generate(b, prompts, temperature=0.0, n=2)
+        b.generate(prompts, temperature=0.0, n=2)
 
 
 def test_open_run_records_every_signal_and_resumes(tmp_path):

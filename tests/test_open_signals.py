@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from llmcal.backends.generation import Generation
+from llmcal.core.requests import Generation
 from llmcal.signals.agreement import (cluster_agreement, cluster_answers, numbers_in, same_meaning,
                                       semantic_entropy_conf)
 from llmcal.signals.generation import token_signals
@@ -142,3 +142,12 @@ def test_token_signals_reference_values():
         assert 0.0 <= v <= 1.0
     with pytest.raises(ValueError, match="no tokens"):
         token_signals(Generation("", [], np.array([]), np.array([])))
+
+
+def test_one_normalization_for_graders_and_agreement():
+    import llmcal.signals.agreement as agreement_mod
+    from llmcal.core import text
+    from llmcal.tasks import graders
+
+    assert graders.normalize is text.normalize and agreement_mod.normalize is text.normalize
+    assert text.normalize("The \u201cEiffel\u201d Tower, an icon") == "eiffel tower icon"

@@ -22,11 +22,12 @@ import httpx
 import numpy as np
 import pytest
 
-from llmcal.backends.http_retry import (RetryPolicy, ServerError, ServerUnavailable, post_json,
-                                        retry_after_seconds)
-from llmcal.backends.openai_compat import (OpenAIBackend, continuation_tokens, generation_from_choice,
-                                           parse_logprobs, parse_openai_args)
-from llmcal.backends.base import MCRequest
+from llmcal.backends.openai import OpenAIBackend, parse_openai_args
+from llmcal.backends.openai.generation import generation_from_choice
+from llmcal.backends.openai.retry import (RetryPolicy, ServerError, ServerUnavailable, post_json,
+                                          retry_after_seconds)
+from llmcal.backends.openai.wire import continuation_tokens, parse_logprobs
+from llmcal.core.requests import MCRequest
 
 ALTS = (" a", " b", " c", " d", " e")
 
@@ -380,7 +381,7 @@ def _serve(lm: FakeLM, port: int = 0) -> ThreadingHTTPServer:
 def test_server_dies_mid_run_and_the_run_resumes(tmp_path):
     from llmcal.pipeline.measure import measure
     from llmcal.records.run_dir import RunDir
-    from llmcal.tasks.item import MCItem
+    from llmcal.core.items import MCItem
 
     items = [MCItem(f"q{i}", "fake", f"What is item {i}?", (f"yes {i}", "no", f"maybe {i}"), i % 3)
              for i in range(40)]
@@ -421,9 +422,9 @@ def test_server_dies_mid_run_and_the_run_resumes(tmp_path):
         srv.server_close()
     samples = run.read_samples()
     assert n_new == len(items) - len(kept)
-    assert sorted(s["id"] for s in samples) == sorted(it.id for it in items)  # nothing lost or twice
-    want = {s["id"]: s["option_logprobs"] for s in ref.read_samples()}
-    assert all(s["option_logprobs"] == want[s["id"]] for s in samples)
+    assert sorted(s.id for s in samples) == sorted(it.id for it in items)  # nothing lost or twice
+    want = {s.id: s.option_logprobs for s in ref.read_samples()}
+    assert all(s.option_logprobs == want[s.id] for s in samples)
 
 
 def test_cli_measure_with_model_openai(tmp_path, capsys):

@@ -5,7 +5,7 @@ builds from source in about 9 minutes; see docs/openai_backend.md).  Checks
 that option log-probabilities and greedy answers agree with the HF backend
 on the same questions, that the alignment probe picks ``forced`` scoring on
 this server (its echo is one position late, module docstring of
-``backends/openai_compat.py``), and that a run survives the server being
+``backends/openai/scoring.py``), and that a run survives the server being
 killed mid-run and resumes without losing or repeating an item.
 """
 
@@ -28,8 +28,8 @@ if not all(importlib.util.find_spec(m) for m in ("llama_cpp", "sse_starlette", "
                 "pip install 'llama-cpp-python[server]' (about 9 minutes; docs/openai_backend.md)",
                 allow_module_level=True)
 
-from llmcal.backends.http_retry import RetryPolicy, ServerUnavailable  # noqa: E402
-from llmcal.backends.openai_compat import OpenAIBackend  # noqa: E402
+from llmcal.backends.openai import OpenAIBackend, RetryPolicy, ServerUnavailable  # noqa: E402
+from llmcal.backends.registry import load_backend  # noqa: E402
 
 # Tolerances measured (docs/openai_backend.md, 30 built-in items, 120 options):
 # * the embedded Q4_1 GGUF: llama.cpp multiplies Q4_1 weights with 8-bit quantized
@@ -119,7 +119,7 @@ def items():
 
 def _backend(url: str, **kw) -> OpenAIBackend:
     kw.setdefault("retry", RetryPolicy(max_retries=2, base_delay=0.05, max_delay=0.1))
-    return OpenAIBackend.load(url, "smollm2", concurrency=2, timeout=60, **kw)
+    return load_backend("openai", base_url=url, model="smollm2", concurrency=2, timeout=60, **kw)
 
 
 def _compare(url, items, hf_backend, label):
@@ -166,8 +166,8 @@ def test_echo_reports_the_next_positions_logprob(server_f32, embedded_backend):
     right = np.array([lp[j - 1, ids[j]].item() for j in range(1, len(ids))])
     shifted = np.array([lp[j, ids[j]].item() for j in range(1, len(ids))])
     b = _backend(server_f32.url, scoring="echo")
-    data = b._session(lambda client: b._completion(client, {"prompt": text, "max_tokens": 1, "echo": True,
-                                                           "logprobs": 1, "temperature": 0.0}))
+    data = b.client.session(lambda http: b.client.completion(http, {"prompt": text, "max_tokens": 1, "echo": True,
+                                                                    "logprobs": 1, "temperature": 0.0}))
     echoed = np.array(data["choices"][0]["logprobs"]["token_logprobs"][1:len(ids)], dtype=float)
     assert np.abs(echoed - shifted).max() < F32_TOL
     assert np.abs(echoed - right).max() > 1.0
@@ -176,12 +176,10 @@ def test_echo_reports_the_next_positions_logprob(server_f32, embedded_backend):
 
 @pytest.mark.slow
 def test_greedy_answers_agree_with_the_hf_backend(server_f32, items, embedded_backend):
-    from llmcal.backends.generation import generate
-
     # with the server's default repeat_penalty=1.1, the first came back different
     questions = [items[1].question, items[2].question]
     prompts = [embedded_backend.apply_chat_template(q) for q in questions]
-    hf = generate(embedded_backend, prompts, max_new_tokens=8, temperature=0.0, top_k=5)
+    hf = embedded_backend.generate(prompts, max_new_tokens=8, temperature=0.0, top_k=5)
     # the templated text through /completions, and the plain question through /chat/completions
     comp = _backend(server_f32.url, scoring="forced", generate_endpoint="completions").generate(prompts, max_new_tokens=8)
     chat = _backend(server_f32.url, scoring="forced").generate(questions, max_new_tokens=8)
@@ -197,18 +195,18 @@ def test_open_answers_and_signals_through_the_server_agree_with_the_hf_backend(s
     """An open-ended run through the chat endpoint (the server applies the GGUF's chat template,
     the multi-turn verbalized question included) gives the HF backend's answers and signals."""
     from llmcal.pipeline.measure_open import OpenSettings, answer_batch
-    from llmcal.tasks.open_tasks import load_open_task
+    from llmcal.tasks.registry import load_task
 
-    items = load_open_task("builtin_open", limit=4)
+    items = load_task("builtin_open", limit=4)
     s = OpenSettings(families=("tokens", "ptrue", "verbalized"))
     api = answer_batch(_backend(server_f32.url), items, s)
     hf = answer_batch(embedded_backend, items, s)
-    assert isinstance(api[0]["prompt"], list) and api[0]["prompt"][0]["role"] == "user"
+    assert isinstance(api[0].prompt, list) and api[0].prompt[0]["role"] == "user"  # the server templates
     for a, h in zip(api, hf):
-        assert a["prediction_text"] == h["prediction_text"] and a["correct"] == h["correct"]
-        assert a["replies"]["verbalized"] == h["replies"]["verbalized"]
+        assert a.prediction_text == h.prediction_text and a.correct == h.correct
+        assert a.extra["replies"]["verbalized"] == h.extra["replies"]["verbalized"]
         for name in ("seq_prob", "mean_token_prob", "min_token_prob", "ptrue"):
-            assert abs(a["signals"][name] - h["signals"][name]) < 0.01, (name, a["signals"], h["signals"])
+            assert abs(a.signals[name] - h.signals[name]) < 0.01, (name, a.signals, h.signals)
 
 
 @pytest.mark.slow
@@ -232,5 +230,5 @@ def test_server_killed_mid_run_and_resumed(server, items, tmp_path):
     assert 0 < len(kept) < len(items)
     server.proc = LlamaServer(server.port).proc  # back on the same address (the fixture stops it)
     measure(run, items, lambda: _backend(server.url, scoring="forced"), chunk=2, progress=False)
-    ids = [s["id"] for s in run.read_samples()]
+    ids = [s.id for s in run.read_samples()]
     assert sorted(ids) == sorted(it.id for it in items) and len(ids) == len(set(ids))

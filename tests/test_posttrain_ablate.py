@@ -19,7 +19,7 @@ from llmcal.posttrain.ablate import (  # noqa: E402
     run_ablations,
 )
 from llmcal.posttrain.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
-from llmcal.tasks.item import MCItem  # noqa: E402
+from llmcal.core.items import MCItem  # noqa: E402
 
 
 def _rot(n: int, gen) -> torch.Tensor:

@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from llmcal.posttrain.check import HACKING_MARGIN, flags, verbal_eval  # noqa: E402
 from llmcal.posttrain.tiny import tiny_llama, tiny_tokenizer  # noqa: E402
-from llmcal.tasks.item import MCItem  # noqa: E402
+from llmcal.core.items import MCItem  # noqa: E402
 
 PAIRS = [{"prompt": f"Question: what is {i} + 1?\nAnswer:", "chosen": f" {i + 1}. I'm very sure about this.",
           "rejected": f" {i + 1}. I can't answer this safely."} for i in range(6)]

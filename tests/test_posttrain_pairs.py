@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 
+from llmcal.core.sample import Sample
 from llmcal.posttrain.pairs import (
     LEVEL_VALUE,
     calibrated_probs,
@@ -23,10 +24,12 @@ def _sample(i: int, logprobs, correct: bool) -> dict:
     pred = int(np.argmax(logprobs))
     p = np.exp(np.asarray(logprobs) - np.max(logprobs))
     p /= p.sum()
+    ref = pred if correct else (pred + 1) % 3
     return {"id": f"q{i}", "task": "t", "prompt": f"Question: q{i}?\nAnswer:", "question": f"q{i}?",
-            "choices": choices, "reference": pred if correct else (pred + 1) % 3, "prediction": pred,
-            "prediction_text": choices[pred], "correct": correct, "option_logprobs": list(logprobs),
-            "signals": {"option_prob": float(p[pred])}}
+            "choices": choices, "reference": ref, "reference_text": choices[ref], "prediction": pred,
+            "prediction_text": choices[pred], "correct": correct, "prediction_norm": pred, "correct_norm": correct,
+            "option_logprobs": list(logprobs), "option_ntokens": [1, 1, 1], "option_nchars": [5, 4, 4],
+            "option_is_greedy": [False] * 3, "signals": {"option_prob": float(p[pred])}, "meta": {}}
 
 
 def _run(tmp_path, calibration: dict | None):
@@ -62,7 +65,7 @@ def test_temperature_from_calibration_json_changes_the_level(tmp_path):
         "name": "temperature", "version": 1, "bounds": [0.01, 100.0], "temperature_": 4.0,
         "mode_": "multiclass", "n_classes_": 3}}}
     run = _run(tmp_path, cal)
-    samples = [json.loads(line) for line in (run / "samples.jsonl").read_text().splitlines()]
+    samples = [Sample.from_dict(json.loads(line)) for line in (run / "samples.jsonl").read_text().splitlines()]
     probs = calibrated_probs(samples, cal)
     z = np.exp(np.array([0.0, -8.0, -9.0]) / 4.0)
     assert probs[0] == pytest.approx(z[0] / z.sum())  # softmax(ll / T) at the prediction

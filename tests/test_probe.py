@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from llmcal import metrics as M
+from llmcal.core.sample import Sample
 from llmcal.probe.artifact import ProbeArtifact, ProbeMismatchError
 from llmcal.probe.combine import Combiner
 from llmcal.probe.features import ModelInfo, load_run_features
@@ -149,7 +150,7 @@ def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = F
         if answer_mean:
             h = np.concatenate([rng.normal(size=(len(layers), hidden_size)), h])
         hidden.append(h.astype(np.float32))
-        samples.append({
+        samples.append(Sample.from_dict({
             "id": f"{task}-{i}", "task": task, "prompt": "Question: q" + "x" * int(rng.integers(5, 50)),
             "question": f"q{i}", "choices": ["a", "b", "c", "d"], "reference": int(ref),
             "reference_text": "abcd"[ref], "prediction": int(pred), "prediction_text": "abcd"[pred],
@@ -157,7 +158,7 @@ def make_run(path, n: int = 240, tasks=("t1", "t2"), fingerprint: str | None = F
             "option_logprobs": [float(x) for x in logprobs], "option_ntokens": [int(x) for x in ntok],
             "option_nchars": [int(x) * 4 for x in ntok], "option_is_greedy": [False] * 4, "signals": sig,
             "meta": {}, "hidden_row": i,
-        })
+        }))
     run.append(samples, np.stack(hidden), ["last_prompt", "answer_mean"] if answer_mean else None)
     return run
 
@@ -323,21 +324,16 @@ def test_shift_matrix_and_learning_curve(tmp_path):
     assert "all but t1" in html and "Learning curve" in html
 
 
-def test_run_hook_adds_combined_when_asked(tmp_path):
+def test_probe_step_adds_combined_when_asked(tmp_path):
     from llmcal.cli.main import main
-    from llmcal.cli.probe_commands import add_run_args, run_hook
+    from llmcal.pipeline.config import ProbeConfig, RunConfig
+    from llmcal.pipeline.run import probe_run
 
     run = make_run(tmp_path / "r", n=160)
     assert main(["calibrate", str(run.path), "--bootstrap", "0", "--quiet"]) == 0
-    p = argparse.ArgumentParser()
-    add_run_args(p)
-    for flag, kw in (("--cal_fraction", {"type": float, "default": 0.5}), ("--seed", {"type": int, "default": 0}),
-                     ("--bootstrap", {"type": int, "default": 0})):
-        p.add_argument(flag, **kw)
-    p.add_argument("--quiet", action="store_true")
-    assert run_hook(run.path, p.parse_args(["--quiet"])) is None  # not asked: nothing happens
+    assert probe_run(run, RunConfig(bootstrap=0, quiet=True)) is None  # not asked: nothing happens
     assert not (run.path / "probe.json").exists()
-    res = run_hook(run.path, p.parse_args(["--probe", "--probe_components", "4", "--quiet"]))
+    res = probe_run(run, RunConfig(probe=ProbeConfig(components="4"), bootstrap=0, quiet=True))
     assert res["settings"]["n_components"] == 4
     results = json.loads((run.path / "results.json").read_text())
     assert "combined" in results["calibrated_test"] and results["probe"]["settings"]["n_components"] == 4

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -83,3 +84,27 @@ def test_export_refuses_a_float_zero_point(tiny, tmp_path):
                                                             float_zero_point=True)))
     with pytest.raises(QuantError, match="float_zero_point"):
         export_compressed(model, res, tmp_path / "e")
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe("rtn", QuantArgs(4, "group", 16)),
+    Recipe("smoothquant", QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)),
+], ids=["w4-pack-quantized", "w8a8-int-quantized"])
+def test_llmcal_loads_its_own_export(tiny, tmp_path, recipe):
+    """``--model_args pretrained=EXPORT`` scores exactly as the simulated model (the backend calls the decoder
+    and ``lm_head`` itself, so it must run the decompression compressed-tensors defers to ``forward``)."""
+    from llmcal.backends import load_backend
+    from llmcal.backends.hf import HFBackend
+    from llmcal.core.requests import MCRequest
+    from llmcal.posttrain.tiny import tiny_tokenizer
+
+    base, xs = tiny
+    model = copy.deepcopy(base)
+    res = quantize_model(model, xs, recipe)
+    tok = tiny_tokenizer()
+    out = export_compressed(model, res, tmp_path / "export", tokenizer=tok)
+    reqs = [MCRequest("Question: abc?\nAnswer:", (" d", " ef", " ghi")), MCRequest("xy", ("z", "zz"))]
+    loaded = load_backend("hf", pretrained=str(out))
+    want = HFBackend(model, tok).score_mc(reqs)
+    for got, w in zip(loaded.score_mc(reqs), want):
+        np.testing.assert_allclose(got.logprobs, w.logprobs, rtol=0, atol=TOL)

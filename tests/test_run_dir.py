@@ -7,11 +7,21 @@ import json
 import numpy as np
 import pytest
 
+from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir, RunDirError
 
 
-def _rec(i: int) -> dict:
-    return {"id": f"t-{i}", "task": "t", "hidden_row": i, "correct": bool(i % 2)}
+def _line(i: int) -> dict:
+    """A minimal valid multiple-choice record (a samples.jsonl line)."""
+    return {"id": f"t-{i}", "task": "t", "prompt": "Q", "question": "Q", "choices": ["a", "b"], "reference": 0,
+            "reference_text": "a", "prediction": i % 2, "prediction_text": "ab"[i % 2], "correct": not i % 2,
+            "prediction_norm": 0, "correct_norm": True, "option_logprobs": [-0.5, -1.0], "option_ntokens": [1, 1],
+            "option_nchars": [1, 1], "option_is_greedy": [True, False], "signals": {"option_prob": 0.6},
+            "meta": {}, "hidden_row": i}
+
+
+def _rec(i: int) -> Sample:
+    return Sample.from_dict(_line(i))
 
 
 def test_append_and_read_round_trip(tmp_path):
@@ -19,7 +29,7 @@ def test_append_and_read_round_trip(tmp_path):
     assert run.start({"model": "m"}, ["model"]) is False
     h = np.arange(2 * 3 * 4, dtype=np.float32).reshape(2, 3, 4)
     run.append([_rec(0), _rec(1)], h)
-    assert [s["id"] for s in run.read_samples()] == ["t-0", "t-1"]
+    assert [s.id for s in run.read_samples()] == ["t-0", "t-1"]
     np.testing.assert_array_equal(run.load_hidden(), h)
 
 
@@ -31,28 +41,28 @@ def test_torn_last_line_and_extra_hidden_rows_are_dropped(tmp_path):
     with open(run.hidden_path, "ab") as f:
         f.write(np.ones((2, 2, 3), np.float32).tobytes())
     with open(run.samples_path, "a") as f:
-        f.write(json.dumps(_rec(1))[:10])
+        f.write(json.dumps(_line(1))[:10])
     samples = run.repair()
-    assert [s["id"] for s in samples] == ["t-0"]
+    assert [s.id for s in samples] == ["t-0"]
     assert run.hidden_path.stat().st_size == 1 * 2 * 3 * 4
     assert run.samples_path.read_text().count("\n") == 1
     # the next batch continues cleanly
     run.append([_rec(1)], np.full((1, 2, 3), 7, np.float32))
-    assert [s["id"] for s in run.read_samples()] == ["t-0", "t-1"]
+    assert [s.id for s in run.read_samples()] == ["t-0", "t-1"]
     assert run.load_hidden()[1].max() == 7
 
 
 def test_complete_json_without_newline_counts_as_torn(tmp_path):
     run = RunDir(tmp_path / "r")
     run.start({}, [])
-    run.samples_path.write_text(json.dumps(_rec(0)) + "\n" + json.dumps(_rec(1)))
-    assert [s["id"] for s in run.repair()] == ["t-0"]
+    run.samples_path.write_text(json.dumps(_line(0)) + "\n" + json.dumps(_line(1)))
+    assert [s.id for s in run.repair()] == ["t-0"]
 
 
 def test_corrupt_middle_line_names_the_line(tmp_path):
     run = RunDir(tmp_path / "r")
     run.start({}, [])
-    run.samples_path.write_text(json.dumps(_rec(0)) + "\n{oops\n" + json.dumps(_rec(2)) + "\n")
+    run.samples_path.write_text(json.dumps(_line(0)) + "\n{oops\n" + json.dumps(_line(2)) + "\n")
     with pytest.raises(RunDirError, match="line 2"):
         run.repair()
 

@@ -19,7 +19,7 @@ pytest.importorskip("httpx")
 
 from fastapi.testclient import TestClient  # noqa: E402
 
-from llmcal.backends.generation import Generation  # noqa: E402
+from llmcal.core.requests import Generation  # noqa: E402
 from llmcal.policy import Thresholds  # noqa: E402
 from llmcal.serve.answerer import Query, free_form_reply, group_samples, mc_reply  # noqa: E402
 from llmcal.serve.app import create_app  # noqa: E402
@@ -332,7 +332,7 @@ def test_upstream_proxy_through_the_openai_backend(tmp_path):
     the run calibrates, the server adds the confidence."""
     from test_openai_backend import FakeLM, expected, make_backend
 
-    from llmcal.backends.http_retry import RetryPolicy
+    from llmcal.backends.openai import RetryPolicy
     from llmcal.serve.answerer import Answerer
     from llmcal.signals.mc import softmax
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from llmcal.signals.mc import mc_signals
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 from llmcal.tasks.prompts import build_request, normalization_lengths
 
 
@@ -68,3 +68,28 @@ def test_unknown_style_and_bad_items():
         MCItem("b", "t", "Q?", ("x", "y"), 2)
     with pytest.raises(ValueError, match="at least 2"):
         MCItem("b", "t", "Q?", ("x",), 0)
+
+
+# --------------------------------------------------------------------------- open-ended prompts
+
+
+def test_open_prompts_ask_with_the_instruction():
+    from llmcal.core.items import OpenItem
+    from llmcal.tasks.prompts import (GSM8K_INSTRUCTION, INSTRUCTION, answer_messages, answer_prompt,
+                                      followup_prompt, plain_prompt, user_message)
+
+    item = OpenItem("q-1", "t", "  Capital of France? ", ("Paris",))
+    math = OpenItem("g-1", "gsm8k", "2+2?", ("4",), grader="numeric")
+    assert user_message(item) == f"{INSTRUCTION}\n\nQuestion: Capital of France?"
+    assert user_message(math).startswith(GSM8K_INSTRUCTION + "\n\n")
+    assert answer_messages(item) == [{"role": "user", "content": user_message(item)}]
+    # no chat template: plain Question/Answer text, the assistant's turn after "Answer: "
+    assert answer_prompt(item) == user_message(item) + "\nAnswer:"
+    assert followup_prompt(item, "", "How sure?") == (user_message(item) + "\nAnswer: (no answer)\nHow sure?\nAnswer:")
+    assert plain_prompt([{"role": "user", "content": "a"}]) == "a\nAnswer:"
+    # a chat template gets the conversation (a copy: the template may not change the caller's messages)
+    seen = []
+    out = followup_prompt(item, "Paris.", "How sure?", chat_template=lambda m: seen.append(m) or "<chat>")
+    assert out == "<chat>" and [m["role"] for m in seen[0]] == ["user", "assistant", "user"]
+    assert seen[0][1]["content"] == "Paris." and seen[0][2]["content"] == "How sure?"
+    assert answer_prompt(item, chat_template=list) == answer_messages(item)  # a server that takes messages

@@ -22,8 +22,8 @@ from llmcal.tasks.formats_public import (
     load_sciq,
     load_truthfulqa_mc1,
 )
-from llmcal.tasks.item import MCItem
-from llmcal.tasks.registry import TASKS, available_tasks, load_task
+from llmcal.core.items import MCItem, OpenItem
+from llmcal.tasks.registry import TASKS, available_tasks, describe_tasks, load_task, task_kind, task_name
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -415,8 +415,8 @@ def test_load_task_unknown_open_ended_and_paths(tiny_data, tmp_path):
     err = raises(["unknown task 'arc_esy'", "Did you mean 'arc_easy'", "commonsenseqa", "truthfulqa_mc1"],
                  load_task, "arc_esy")
     assert isinstance(err, ValueError)
-    raises(["open-ended task, not multiple-choice"], load_task, "gsm8k")
-    raises(["open-ended task, not multiple-choice"], load_task, "nq_open")
+    raises(["open-ended task, not multiple-choice"], load_task, "gsm8k", kind="mc")
+    raises(["open-ended task, not multiple-choice"], load_task, "nq_open", kind="mc")
     p = jsonl(tmp_path / "own.jsonl", [{"stem": "q", "opts": ["a", "b"], "gold": "b"}])
     (item,) = load_task(str(p), mapping={"question": "stem", "choices": "opts", "answer": "gold"})
     assert item.task == "own" and item.answer == 1
@@ -429,7 +429,69 @@ def test_registry_lists():
     names = available_tasks()
     for n in ("builtin", "arc_easy", "arc_challenge", "sciq", "piqa", "commonsenseqa", "mmlu", "truthfulqa_mc1"):
         assert n in names and n in TASKS
-    assert "gsm8k" in TASKS and "gsm8k" not in names
+    assert "gsm8k" in TASKS and "gsm8k" not in available_tasks("mc")
+    for n in ("builtin_open", "nq_open", "gsm8k", "truthfulqa_gen"):
+        assert n in names and n in available_tasks("open") and task_kind(n) == "open"
+    assert available_tasks() == available_tasks("mc") + available_tasks("open")
+    rows = {r["name"]: r for r in describe_tasks()}
+    assert list(rows) == names
+    assert rows["gsm8k"] == {"name": "gsm8k", "kind": "open", "description": TASKS["gsm8k"].description,
+                             "source": "gsm8k_test.jsonl", "splits": ["test"], "grader": "numeric", "aliases": []}
+    assert rows["builtin"]["source"] == "embedded" and rows["builtin"]["grader"] is None
+    assert "nq" in rows["nq_open"]["aliases"] and [r["kind"] for r in describe_tasks("mc")] == ["mc"] * 8
+    with pytest.raises(ValueError, match="kind"):
+        available_tasks("essay")
+
+
+def test_task_kind_reads_no_data(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMCAL_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)  # no data folder anywhere: nothing may be read
+    assert task_kind("builtin_open") == "open" and task_kind("builtin") == "mc"
+    assert task_kind("nq@exact_match") == "open" and task_kind("NQ-open:dev") == "open"
+    assert task_kind("arc_easy:dev") == task_kind("mmlu:anatomy") == "mc"
+    assert task_kind("hf:sciq:test") == task_kind("mine.jsonl") == task_kind("some/dir/x.csv") == "mc"
+    assert task_name("nq@exact_match") == "nq_open" and task_name("mine.jsonl") is None
+    assert task_name("hf:sciq") is None and task_name("arc_esy") is None
+    raises(["unknown task 'arc_esy'", "Did you mean 'arc_easy'"], task_kind, "arc_esy")
+    raises(["empty task spec"], task_kind, "  ")
+
+
+def test_open_tasks_load_through_the_one_registry(tmp_path, monkeypatch):
+    monkeypatch.delenv("LLMCAL_DATA", raising=False)
+    monkeypatch.chdir(tmp_path)
+    items = load_task("builtin_open", limit=3)
+    assert len(items) == 3 and all(isinstance(it, OpenItem) and it.kind == "open" for it in items)
+    assert items[0].id.endswith("-open") and {it.grader for it in items} == {"contains"}
+    assert [it.grader for it in load_task("builtin_open@exact_match", limit=2)] == ["exact_match"] * 2
+    assert load_task("builtin_open", limit=3, kind="open") == items
+    raises(["unknown grader 'nope'", "exact_match, contains"], load_task, "builtin_open@nope")
+    raises(["a grader (@contains) applies only to open-ended tasks"], load_task, "builtin@contains")
+    raises(["is not an open-ended task", "builtin_open, nq_open"], load_task, "builtin", kind="open")
+    raises(["is not an open-ended task"], load_task, str(tmp_path / "x.jsonl"), kind="open")
+    raises(["unexpected 'x'"], load_task, "builtin_open:x")
+    raises(["LLMCAL_DATA", "--data_dir"], load_task, "gsm8k")  # open tasks use the data folder too
+
+
+def test_open_task_files(tmp_path):
+    d = tmp_path / "data"
+    jsonl(d / "nq_open_dev.jsonl", [{"question": "who?", "answer": ["Ada", "Ada Lovelace"]},
+                                     {"question": "where?", "answer": "Paris"}])
+    jsonl(d / "gsm8k_test.jsonl", [{"question": "2+2?", "answer": "two and two\n#### 4"}])
+    write(d / "truthfulqa.csv", "Type,Category,Question,Best Answer,Correct Answers,Incorrect Answers,Source\n"
+          "Adversarial,Misconceptions,Do bulls hate red?,No,No; They do not,Yes; They hate red,x\n")
+    nq = load_task("nq:dev", data_dir=d)
+    assert [it.answers for it in nq] == [("Ada", "Ada Lovelace"), ("Paris",)] and nq[0].id == "nq_open-1"
+    assert nq[1].meta == {"line": 2} and {it.grader for it in nq} == {"contains"}
+    (g,) = load_task("gsm8k", data_dir=d)
+    assert g.answers == ("4",) and g.grader == "numeric"
+    (t,) = load_task("truthfulqa_gen", data_dir=d)
+    assert t.answers == ("No", "They do not") and t.incorrect == ("Yes", "They hate red")
+    assert t.grader == "truthful_f1" and t.meta["category"] == "Misconceptions"
+    raises(["unknown split 'test'", "dev"], load_task, "nq_open:test", data_dir=d)
+    jsonl(d / "gsm8k_test.jsonl", [{"question": "2+2?", "answer": "4"}])
+    raises(["gsm8k_test.jsonl line 1", "'#### <number>'"], load_task, "gsm8k", data_dir=d)
+    jsonl(d / "nq_open_dev.jsonl", [{"question": "who?", "answer": []}])
+    raises(["nq_open_dev.jsonl line 1", "non-empty list of strings"], load_task, "nq_open", data_dir=d)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llmcal.tasks.builtin") is None,
@@ -463,3 +525,11 @@ def test_public_sets_item_counts_match_the_readme():
     assert {len(it.choices) for it in arc} == {3, 4, 5}
     assert sum(it.meta["labels"][0] == "1" for it in arc) == 97  # digit labels
     assert len(load_task("arc_easy", data_dir=SHARED_DATA, limit=300)) == 300
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason=f"the public data folder {SHARED_DATA} is absent")
+def test_public_open_sets_item_counts_match_the_registry():
+    for spec, n in {"nq_open": 3610, "gsm8k": 1319, "truthfulqa_gen": 817}.items():
+        items = load_task(spec, data_dir=SHARED_DATA)
+        assert len(items) == n and str(n) in TASKS[spec].description, spec
+        assert all(isinstance(it, OpenItem) for it in items) and len({it.id for it in items}) == n

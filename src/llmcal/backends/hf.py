@@ -1,4 +1,4 @@
-"""The transformers backend: any causal LM (hub name, local folder, GGUF).
+"""The transformers backend: any causal LM (hub name, local folder, GGUF, compressed-tensors export).
 
 Multiple-choice scoring reproduces lm-evaluation-harness's ``loglikelihood``
 exactly (same tokenization of context and continuation, no BOS unless the
@@ -14,6 +14,10 @@ continuation) but computes it faster:
 * the hidden states of the last context token and their mean over each
   option's tokens (kept for the external probe) come from the same forward
   pass.
+
+Free-form generation is :mod:`llmcal.backends.hf_generation`.  A folder that
+``llmcal quantize --export`` wrote loads back with its packed weights
+decompressed once (:func:`decompress_now`), so every llmcal command runs on it.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from llmcal.backends.base import MCRequest, MCScore
+from llmcal.backends.base import DEFAULT_STOP, Backend, BackendCapabilityError, Messages, as_messages
 from llmcal.backends.model_args import EMBEDDED_GGUF, EMBEDDED_NAME, embedded_model_dir
 from llmcal.backends.packing import PackedItem, pack_item, tree_mask
+from llmcal.core.requests import Generation, MCRequest, MCScore
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "bfloat16": "bfloat16", "bf16": "bfloat16",
            "float16": "float16", "fp16": "float16", "auto": "auto"}
@@ -39,6 +44,35 @@ def resolve_dtype(name: str):
     if key is None:
         raise ValueError(f"dtype: unknown {name!r}; use one of float32, bfloat16, float16")
     return "auto" if key == "auto" else getattr(torch, key)
+
+
+def is_compressed_tensors(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a compressed-tensors checkpoint (``llmcal quantize --export``, llm-compressor)."""
+    import json
+
+    try:
+        qcfg = json.loads((Path(folder) / "config.json").read_text()).get("quantization_config") or {}
+    except (OSError, ValueError):
+        return False
+    return qcfg.get("quant_method") == "compressed-tensors"
+
+
+def decompress_now(model, device: str = "cpu") -> None:
+    """Run the decompression compressed-tensors defers to the model's first ``forward``.
+
+    transformers loads such a folder with packed integer weights and a forward
+    pre-hook on the *top-level* model that unpacks them on the first call.
+    This backend calls the decoder (``model.model``) and ``lm_head`` itself,
+    which would skip the hook and meet Linear layers without ``weight``; one
+    one-token forward here fires it.  The layers keep their quantization
+    scheme (W8A8 still quantizes activations per token), so the numbers are
+    the export's.  ``no_grad``, not ``inference_mode``: the unpacked weights
+    must stay trainable for ``posttrain``.
+    """
+    import torch
+
+    with torch.no_grad():
+        model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path | None:
@@ -88,20 +122,23 @@ def _save_cache(model, tokenizer, target: Path) -> None:
         shutil.rmtree(locals().get("tmp", target.parent / ".none"), ignore_errors=True)
 
 
-class HFBackend:
+class HFBackend(Backend):
     """Score requests with a transformers causal LM on the CPU (or a GPU).
 
-    Build it with :meth:`load`, whose parameters follow lm-eval's
-    ``--model_args`` for ``hf``: ``pretrained`` (hub name or folder; empty =
-    the embedded model), ``gguf_file``, ``dtype``, ``revision``,
-    ``trust_remote_code``, ``device``; or wrap a model and tokenizer already
-    in memory with the constructor.  ``max_tokens`` is the token budget of one
-    forward pass (items are packed up to it).
+    Build it with :meth:`load` (``load_backend("hf", ...)``), whose parameters
+    follow lm-eval's ``--model_args`` for ``hf``: ``pretrained`` (hub name or
+    folder; empty = the embedded model), ``gguf_file``, ``dtype``,
+    ``revision``, ``trust_remote_code``, ``device``; or wrap a model and
+    tokenizer already in memory with the constructor.  ``max_tokens`` is the
+    token budget of one forward pass (items are packed up to it).
     ``hidden_layers`` are the hidden-state indices kept (0 = embeddings,
-    -1 = the final, normalized layer).
+    -1 = the final, normalized layer; none by default: the probe asks for
+    them with :meth:`set_hidden_layers`).
     """
 
     name = "hf"
+    # "chat_template" only where the tokenizer has one (narrowed per instance)
+    capabilities = frozenset({"score", "generate", "hidden_states", "chat_template"})
 
     def __init__(
         self,
@@ -109,7 +146,7 @@ class HFBackend:
         tokenizer,
         model_name: str = "model",
         max_tokens: int = 512,
-        hidden_layers: Sequence[int] = (-1,),
+        hidden_layers: Sequence[int] = (),
         device: str = "cpu",
         load_args: dict | None = None,
         answer_hidden: bool = True,
@@ -126,6 +163,11 @@ class HFBackend:
         self.load_args = dict(load_args or {})
         self.n_layers = int(model.config.num_hidden_layers)
         self.hidden_size = int(model.config.hidden_size)
+        self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0) or None
+        caps = set(type(self).capabilities)
+        if not getattr(tokenizer, "chat_template", None):
+            caps.discard("chat_template")
+        self.capabilities = frozenset(caps)
 
     @classmethod
     def load(
@@ -137,7 +179,7 @@ class HFBackend:
         trust_remote_code: bool = False,
         device: str = "cpu",
         max_tokens: int = 512,
-        hidden_layers: Sequence[int] = (-1,),
+        hidden_layers: Sequence[int] = (),
         tokenizer: str | None = None,
         attn_implementation: str = "sdpa",
         batch_size: int | str | None = None,  # accepted for lm-eval compatibility; see max_tokens
@@ -178,6 +220,8 @@ class HFBackend:
                 model = AutoModelForCausalLM.from_pretrained(
                     source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
                 ).to(device)
+                if not gguf_file and is_compressed_tensors(source):
+                    decompress_now(model, device)
         except OSError as err:
             raise ValueError(
                 f"--model_args pretrained={pretrained!r}"
@@ -189,6 +233,19 @@ class HFBackend:
                      "dtype": str(dtype)}
         return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,
                    load_args=load_args)
+
+    @classmethod
+    def parse_model_args(cls, text: str | None, dtype: str | None = None, base: dict | None = None) -> dict:
+        """``--model_args`` for ``hf``: lm-eval's keys, ``dtype`` from ``--dtype`` or float32, checked."""
+        from llmcal.backends.model_args import parse_model_args
+
+        margs = parse_model_args(text, base=base)
+        if dtype:
+            margs["dtype"] = dtype
+        margs.setdefault("dtype", "float32")
+        if str(margs["dtype"]).lower() not in _DTYPES:
+            raise ValueError(f"dtype: unknown {margs['dtype']!r}; use float32 or bfloat16")
+        return margs
 
     # ------------------------------------------------------------------ info
     def describe(self) -> dict:
@@ -222,12 +279,47 @@ class HFBackend:
                 h.update(p.detach().float().flatten()[:4096].numpy().tobytes())
         return h.hexdigest()[:16]
 
-    def apply_chat_template(self, user_message: str) -> str:
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise ValueError(f"{self.model_name}: the tokenizer has no chat template")
-        return self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": user_message}], tokenize=False, add_generation_prompt=True
-        )
+    def apply_chat_template(self, messages: str | Messages) -> str:
+        """The tokenizer's chat template over ``messages`` (a string = one user message), ready to answer."""
+        if "chat_template" not in self.capabilities:
+            raise BackendCapabilityError(f"{self.model_name}: the tokenizer has no chat template (--chat needs one)")
+        return self.tokenizer.apply_chat_template(as_messages(messages), tokenize=False,
+                                                  add_generation_prompt=True)
+
+    def set_hidden_layers(self, layers: Sequence[int]) -> None:
+        """Keep these hidden-state indices (0 = embeddings, -1 = the final, normalized layer)."""
+        kept = tuple(int(i) for i in layers)
+        for i in kept:
+            if not -(self.n_layers + 1) <= i <= self.n_layers:
+                raise ValueError(f"hidden layer {i} is outside -{self.n_layers + 1}..{self.n_layers}")
+        self.hidden_layers = kept
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    # ------------------------------------------------------------ generating
+    def generate(
+        self,
+        prompts: Sequence[str | Messages],
+        *,
+        max_new_tokens: int = 64,
+        temperature: float = 0.0,
+        n: int = 1,
+        seed: int = 0,
+        top_k: int = 5,
+        stop: Sequence[str] | None = DEFAULT_STOP,
+    ) -> list[list[Generation]]:
+        """``n`` answers per prompt string, greedy at temperature 0 (:mod:`llmcal.backends.hf_generation`).
+
+        Prompts are text: a conversation is templated first with
+        :meth:`apply_chat_template` (this backend does not declare ``messages``).
+        """
+        from llmcal.backends.hf_generation import generate_hf
+
+        if any(not isinstance(p, str) for p in prompts):
+            self.require("messages", "a conversation as the prompt (template it with apply_chat_template)")
+        return generate_hf(self, list(prompts), max_new_tokens=max_new_tokens, temperature=temperature, n=n, seed=seed,
+                           top_k=top_k, stop=stop)
 
     # ------------------------------------------------------------ tokenizing
     def _encode(self, text: str) -> list[int]:

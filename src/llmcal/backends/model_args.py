@@ -22,10 +22,19 @@ _KNOWN_KEYS = {
 }
 
 
-def parse_model_args(text: str | None, known: frozenset[str] | set[str] | None = None) -> dict[str, object]:
-    """Parse ``k=v,k=v`` into a dict, rejecting keys not in ``known`` (default: the hf keys) by name."""
+def parse_model_args(text: str | None, known: frozenset[str] | set[str] | None = None,
+                     base: dict[str, object] | None = None) -> dict[str, object]:
+    """Parse ``k=v,k=v`` into a dict, rejecting keys not in ``known`` (default: the hf keys) by name.
+
+    ``base`` holds model args given as a dict (the Python API); its keys are
+    checked the same way and the string's values override its.
+    """
     known = _KNOWN_KEYS if known is None else known
     out: dict[str, object] = {}
+    for key, value in (base or {}).items():
+        if key not in known:
+            raise ValueError(f"model_args: unknown key {key!r}; known keys: {', '.join(sorted(known))}")
+        out[key] = value
     if not text:
         return out
     for part in text.split(","):

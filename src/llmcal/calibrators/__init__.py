@@ -1,4 +1,5 @@
-"""Post-hoc calibrators, scikit-learn style: ``fit(x, correct) -> self``, ``predict(x)``.
+"""Post-hoc calibrators, scikit-learn style: ``fit(x, correct) -> self``, ``predict(x)``, and the
+one fitted-calibration object every stage presents confidence with.
 
 =================  =========================  ==================================================
 name               class                      reference
@@ -12,55 +13,43 @@ name               class                      reference
 
 ``get_calibrator(name, **params)`` builds one by name; ``from_dict(d)`` restores a fitted one
 from its ``to_dict()`` (dispatching on ``d["name"]``).
+
+:class:`Calibration` (``calibration.py``) wraps a fitted calibrator with what it was fitted
+on -- the signal, the kind of run, the model fingerprint, the data -- and turns a
+:class:`~llmcal.core.sample.Sample` into the confidence a user sees; a run folder's
+``calibration.json`` is a :class:`CalibrationSet` of them.
 """
 
 from __future__ import annotations
 
-from typing import Any
-
 from llmcal.calibrators.base import Calibrator
 from llmcal.calibrators.beta import BetaCalibration
+from llmcal.calibrators.calibration import (
+    Calibration,
+    CalibrationSet,
+    MissingSignalError,
+    model_fingerprint,
+    option_logit_matrix,
+)
 from llmcal.calibrators.histogram import HistogramBinning
 from llmcal.calibrators.isotonic import IsotonicCalibrator
 from llmcal.calibrators.platt import PlattScaling
+from llmcal.calibrators.registry import CALIBRATORS, from_dict, get_calibrator
 from llmcal.calibrators.temperature import TemperatureScaling
-
-CALIBRATORS: dict[str, type[Calibrator]] = {
-    "temperature": TemperatureScaling,
-    "platt": PlattScaling,
-    "isotonic": IsotonicCalibrator,
-    "histogram": HistogramBinning,
-    "beta": BetaCalibration,
-}
-
-
-def get_calibrator(name: str, **params: Any) -> Calibrator:
-    """A new, unfitted calibrator by registry name, e.g. ``get_calibrator("histogram", n_bins=15)``."""
-    try:
-        cls = CALIBRATORS[name]
-    except (KeyError, TypeError):
-        raise ValueError(f"unknown calibrator {name!r}; known: {', '.join(sorted(CALIBRATORS))}") from None
-    return cls(**params)
-
-
-def from_dict(d: dict[str, Any]) -> Calibrator:
-    """Restore a calibrator from its ``to_dict()`` output."""
-    if not isinstance(d, dict) or "name" not in d:
-        raise ValueError("from_dict: expected a dict with a 'name' key")
-    name = d["name"]
-    if name not in CALIBRATORS:
-        raise ValueError(f"from_dict: unknown calibrator {name!r}; known: {', '.join(sorted(CALIBRATORS))}")
-    return CALIBRATORS[name].from_dict(d)
-
 
 __all__ = [
     "CALIBRATORS",
     "BetaCalibration",
+    "Calibration",
+    "CalibrationSet",
     "Calibrator",
     "HistogramBinning",
     "IsotonicCalibrator",
+    "MissingSignalError",
     "PlattScaling",
     "TemperatureScaling",
     "from_dict",
     "get_calibrator",
+    "model_fingerprint",
+    "option_logit_matrix",
 ]

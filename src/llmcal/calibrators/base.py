@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from llmcal.metrics._validation import as_confidence, as_correct, check_same_length
+from llmcal.core.validation import as_confidence, as_correct, check_same_length
 
 #: Confidences are clipped to [EPS, 1 - EPS] before a logit or log is taken.
 EPS = 1e-12
@@ -67,6 +67,9 @@ class Calibrator:
     _array_state: ClassVar[tuple[str, ...]] = ()
     #: the fewest samples ``fit`` accepts
     min_samples: ClassVar[int] = 2
+    #: whether ``fit`` also takes an (n, k) logit matrix and class indices (temperature scaling
+    #: does: it then scales option log-likelihoods instead of one confidence)
+    accepts_logits: ClassVar[bool] = False
 
     # -- the scikit-learn-style surface ---------------------------------------------------
 
@@ -90,6 +93,11 @@ class Calibrator:
     @property
     def is_fitted(self) -> bool:
         return all(hasattr(self, k) for k in self._state)
+
+    @property
+    def acts_on_logits(self) -> bool:
+        """True when the fitted map takes (n, k) logits rather than (n,) confidences."""
+        return False
 
     # -- serialization ----------------------------------------------------------------------
 

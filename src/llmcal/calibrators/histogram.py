@@ -13,8 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from llmcal.calibrators.base import Calibrator
-from llmcal.metrics._validation import check_n_bins, check_strategy
-from llmcal.metrics.binning import bin_index, edges_for
+from llmcal.core.bins import bin_index, edges_for
+from llmcal.core.validation import check_n_bins, check_strategy
 
 
 class HistogramBinning(Calibrator):

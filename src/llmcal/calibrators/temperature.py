@@ -10,6 +10,10 @@ Two input forms:
 * multi-class: ``x`` (n, k) logits (any row-wise shift, e.g. option log-likelihoods; missing
   options padded with ``-inf``, which keep probability 0), ``y`` the index of the right class.
   ``predict`` gives the calibrated top-label confidence, ``predict_proba`` the (n, k) matrix.
+  A temperature is a property of the logits, not of the number of classes, so a fitted T
+  applies to logits with any number of columns k >= 2 (as scikit-learn 1.8's
+  ``_TemperatureScaling`` does): fitted on 4-option items, it scales 2- and 5-option ones.
+  ``n_classes_`` records the fit's number of columns, for information only.
 * binary: ``x`` (n,) a confidence in [0, 1], ``y`` 0/1 correct; the confidence is mapped
   through its logit, ``sigmoid(logit(p) / T)``.
 """
@@ -22,7 +26,7 @@ import numpy as np
 from scipy.optimize import minimize_scalar
 
 from llmcal.calibrators.base import Calibrator, check_fit_sample, logit, sigmoid
-from llmcal.metrics._validation import (
+from llmcal.core.validation import (
     as_confidence,
     as_correct,
     as_labels,
@@ -60,6 +64,7 @@ class TemperatureScaling(Calibrator):
     _params = ("bounds",)
     _state = ("temperature_", "mode_", "n_classes_")
     min_samples = 2
+    accepts_logits = True
 
     def __init__(self, bounds: tuple[float, float] = (0.01, 100.0)):
         self.bounds = tuple(float(b) for b in bounds)
@@ -119,15 +124,18 @@ class TemperatureScaling(Calibrator):
 
     # -- prediction --------------------------------------------------------------------------
 
+    @property
+    def acts_on_logits(self) -> bool:
+        """True when fitted on an (n, k) logit matrix: ``predict`` then takes logits, any k >= 2."""
+        return self.is_fitted and self.mode_ == "multiclass"
+
     def _logits_for_predict(self, x) -> np.ndarray:
+        """(n, k) logits shifted to row maximum 0, for any k >= 2 (the fit's k is not required)."""
         self._check_fitted()
         if self.mode_ != "multiclass":
             raise ValueError("this TemperatureScaling was fitted on a binary confidence; "
                              "pass x of shape (n,)")
-        z = _as_logits(x)
-        if z.shape[1] != self.n_classes_:
-            raise ValueError(f"x has {z.shape[1]} columns, the fit had {self.n_classes_}")
-        return _shifted(z)
+        return _shifted(_as_logits(x))
 
     def predict_proba(self, x) -> np.ndarray:
         """Calibrated probabilities: (n, k) for logits (0 where padded); (n, 2) [wrong, right] for binary."""

@@ -12,15 +12,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmcal import __version__
+from llmcal._version import __version__
 from llmcal.cli import probe_commands, serve_commands
 
 
 def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("model and data")
-    g.add_argument("--model", default="hf", choices=["hf", "openai"],
+    g.add_argument("--model", default="hf",
                    help="backend (default: hf, transformers; openai: any OpenAI-compatible server, "
-                        "--model_args base_url=http://HOST:PORT/v1,model=NAME[,concurrency=8])")
+                        "--model_args base_url=http://HOST:PORT/v1,model=NAME[,concurrency=8]; others from "
+                        "installed packages' `llmcal.backends` entry points)")
     g.add_argument("--model_args", "--model-args", default="",
                    help="lm-eval style: pretrained=NAME_OR_DIR,gguf_file=F,dtype=float32|bfloat16,revision=R. "
                         "Empty = the embedded SmolLM2-135M-Instruct.")
@@ -60,8 +61,12 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 
 def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calibrators", default="temperature",
-                   help="comma-separated: temperature,platt,isotonic,histogram,beta (default: temperature)")
+    g.add_argument("--calibrators", default=None,
+                   help="comma-separated: temperature,platt,isotonic,histogram,beta (default: temperature for "
+                        "multiple choice, platt for free-form answers); the first that fits is the one used")
+    g.add_argument("--signal", default=None,
+                   help="the confidence signal to calibrate (default: option_prob for multiple choice, "
+                        "mean_token_prob for free-form answers; see `llmcal signals`)")
     g.add_argument("--cal_fraction", "--cal-fraction", type=float, default=0.5,
                    help="fraction of items used to fit (default 0.5)")
     g.add_argument("--seed", type=int, default=0)
@@ -125,8 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_calibrate_args(p)
     p.add_argument("--quiet", action="store_true")
 
-    p = sub.add_parser("tasks", help="list the task names")
-    p.add_argument("--data_dir", "--data-dir", default=None)
+    p = sub.add_parser("tasks", help="list the task names, both kinds (multiple-choice and free-form)")
+
+    p = sub.add_parser("signals", help="list the confidence signals: kind, family, cost and citation")
+    p.add_argument("--kind", choices=["mc", "open"], default=None, help="only multiple-choice or free-form ones")
+    p.add_argument("--json", action="store_true", help="print them as JSON")
 
     probe_commands.add_parsers(sub)
     __import__("llmcal.cli.quant_commands", fromlist=["register"]).register(sub)  # light: no torch

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -98,114 +97,19 @@ def add_run_args(p: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------ helpers
-def _settings(args: argparse.Namespace, model, prefix: str = "", model_positions: list[str] | None = None):
-    from llmcal.probe.features import abs_layer
-    from llmcal.probe.protocol import ProbeSettings
+def probe_config(args: argparse.Namespace, prefix: str = ""):
+    """The :class:`~llmcal.pipeline.config.ProbeConfig` that the probe options (``--{prefix}kind`` ...) ask for."""
+    from llmcal.pipeline.config import ProbeConfig
 
     get = lambda k: getattr(args, prefix + k)  # noqa: E731
-    spec = str(get("layers")).strip().lower()
-    if spec == "all":
-        layers = None
-    elif spec in ("none", ""):
-        layers = []
-    else:
-        layers = []
-        for part in spec.split(","):
-            part = part.strip()
-            if part == "mid":
-                i = model.n_layers // 2
-            elif part == "last":
-                i = -1
-            elif re.fullmatch(r"-?\d+", part):
-                i = int(part)
-            else:
-                raise ValueError(f"--layers: {part!r} is not a layer index, 'mid', 'last', 'all' or 'none'")
-            j = abs_layer(i, model.n_layers)
-            if j not in model.layers:
-                raise ValueError(f"--layers: layer {i} was not kept by the run (kept: {model.layers}); "
-                                 "rerun `llmcal measure` with --hidden_layers including it")
-            layers.append(j)
-    comp = str(get("components")).strip().lower()
-    if comp in ("all", "none"):
-        n_components = None
-    elif comp.isdigit():
-        n_components = int(comp)
-    else:
-        raise ValueError(f"--components: expected a number or 'all', got {comp!r}")
-    from llmcal.calibrators import CALIBRATORS
-
-    if get("calibrator") not in CALIBRATORS:
-        raise ValueError(f"--calibrator: unknown {get('calibrator')!r}; known: {', '.join(sorted(CALIBRATORS))}")
-    pos_spec = str(get("positions")).strip().lower()
-    positions = None
-    if pos_spec == "all":
-        from llmcal.probe.features import POSITIONS
-
-        positions = [p for p in POSITIONS if p in model_positions] if model_positions else None
-    elif pos_spec != "auto":
-        from llmcal.probe.features import POSITIONS
-
-        positions = [x.strip() for x in pos_spec.split(",") if x.strip()]
-        bad = [x for x in positions if x not in POSITIONS]
-        if bad or not positions:
-            raise ValueError(f"--positions: {bad or pos_spec!r} unknown; use 'all' or some of {', '.join(POSITIONS)}")
-    return ProbeSettings(probe=get("kind"), layers=layers, use_cheap=not get("no_cheap"),
-                         n_components=n_components, calibrator=get("calibrator"), positions=positions)
-
-
-def _split_defaults(run_path: Path, args: argparse.Namespace) -> tuple[float, int]:
-    """The split of the run's results.json (so `combined` is scored on the same test items)."""
-    cal_fraction, seed = args.cal_fraction, args.seed
-    res = run_path / "results.json"
-    if res.exists() and (cal_fraction is None or seed is None):
-        split = json.loads(res.read_text()).get("split", {})
-        cal_fraction = split.get("cal_fraction", 0.5) if cal_fraction is None else cal_fraction
-        seed = split.get("seed", 0) if seed is None else seed
-    cal_fraction = 0.5 if cal_fraction is None else float(cal_fraction)
-    if not 0.0 < cal_fraction < 1.0:
-        raise ValueError(f"--cal_fraction must be in (0, 1), got {cal_fraction}")
-    return cal_fraction, 0 if seed is None else int(seed)
+    return ProbeConfig(kind=get("kind"), layers=str(get("layers")), positions=str(get("positions")),
+                       components=str(get("components")), cheap=not get("no_cheap"), calibrator=get("calibrator"))
 
 
 def _say(args: argparse.Namespace):
     if getattr(args, "quiet", False):
         return lambda msg: None
     return lambda msg: print(msg, file=sys.stderr, flush=True)
-
-
-def _fit_in_task(run_dir: str, args: argparse.Namespace, prefix: str = "") -> tuple[dict[str, Any], Any, Any]:
-    from llmcal.probe.features import load_run_features
-    from llmcal.probe.protocol import in_task
-
-    say = _say(args)
-    path = Path(run_dir)
-    rf = load_run_features(path, compute_fingerprint=not getattr(args, "no_fingerprint", False))
-    s = _settings(args, rf.model, prefix, rf.positions)
-    cal_fraction, seed = _split_defaults(path, args)
-    s.seed = seed
-    say(f"fitting the {s.probe} probe and `combined` on {path} ({len(rf)} items, cal_fraction {cal_fraction}, "
-        f"seed {seed}) ...")
-    res, fitted = in_task(rf, s, cal_fraction, seed, n_boot=args.bootstrap)
-    res["settings"] = s.to_dict()
-    res["run"] = str(path)
-    return res, fitted, rf
-
-
-def _save_artifact(fitted, res: dict[str, Any], run_dir: Path, out: str | None) -> Path:
-    art = fitted.artifact
-    art.info.update({"run": str(run_dir), "split": res["split"],
-                     "test": {k: {m: v[m] for m in ("auroc", "ece", "brier")}
-                              for k, v in res["methods"].items() if k in ("internal", "external", "combined")}})
-    return art.save(Path(out) if out else run_dir)
-
-
-def _write(run_dir: Path, name: str, payload: dict[str, Any]) -> Path:
-    from llmcal.pipeline.evaluate import clean
-    from llmcal.records.run_dir import RunDir
-
-    p = run_dir / name
-    RunDir(run_dir).write_json(p, clean(payload))
-    return p
 
 
 def _print_methods(res: dict[str, Any], title: str) -> None:
@@ -227,11 +131,14 @@ def cmd_probe(args: argparse.Namespace) -> int:
         return _cmd_shift(args)
     if len(args.run_dirs) != 1:
         raise ValueError("give one RUN_DIR (or several with --shift / --apply)")
+    from llmcal.pipeline.probe_step import fit_in_task, save_artifact, write_clean
+
     run_dir = Path(args.run_dirs[0])
-    res, fitted, _ = _fit_in_task(str(run_dir), args)
-    art_path = _save_artifact(fitted, res, run_dir, args.out)
+    res, fitted, _ = fit_in_task(run_dir, probe_config(args), args.cal_fraction, args.seed, args.bootstrap,
+                                 fingerprint=not args.no_fingerprint, say=_say(args))
+    art_path = save_artifact(fitted, res, run_dir, args.out)
     res["artifact"] = str(art_path)
-    out = _write(run_dir, "probe_results.json", res)
+    out = write_clean(run_dir, "probe_results.json", res)
     if not args.quiet:
         _print_methods(res, f"test part of {run_dir} ({res['split']['n_test']} items)")
         print(f"\nprobe: {art_path} (+ .npz); results: {out}")
@@ -254,7 +161,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
     res.update({"artifact": str(args.apply), "runs": list(args.run_dirs), "n": len(rf)})
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        from llmcal.pipeline.evaluate import clean
+        from llmcal.records.results import clean
 
         Path(args.out).write_text(json.dumps(clean(res), indent=2))
     if not args.quiet:
@@ -263,14 +170,15 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 
 def _cmd_shift(args: argparse.Namespace) -> int:
-    from llmcal.pipeline.evaluate import clean
+    from llmcal.pipeline.probe_step import probe_settings
     from llmcal.probe.features import load_run_features
     from llmcal.probe.protocol import learning_curve, shift_matrix
+    from llmcal.records.results import clean
     from llmcal.probe.tables import learning_curve_table, shift_tables
 
     say = _say(args)
     rfs = [load_run_features(p, compute_fingerprint=not args.no_fingerprint) for p in args.run_dirs]
-    s = _settings(args, rfs[0].model, model_positions=rfs[0].positions)
+    s = probe_settings(probe_config(args), rfs[0].model, model_positions=rfs[0].positions)
     cal_fraction = 0.5 if args.cal_fraction is None else args.cal_fraction
     seed = 0 if args.seed is None else args.seed
     s.seed = seed
@@ -295,68 +203,11 @@ def _cmd_shift(args: argparse.Namespace) -> int:
     return 0
 
 
-def metrics_block(conf, correct, n_bins: int, n_boot: int, seed: int) -> dict[str, Any]:
-    """One confidence on the test part in results.json's format (``summarize`` + ``ci95``)."""
-    import warnings
-
-    import numpy as np
-
-    from llmcal import metrics as M
-    from llmcal.pipeline.evaluate import CI_METRICS
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        out: dict[str, Any] = dict(M.summarize(conf, correct, n_bins=n_bins))
-    ci: dict[str, Any] = {}
-    if n_boot > 0 and len(conf) > 1:
-        for name in CI_METRICS:
-            if name not in M.METRIC_SPECS or (name == "auroc" and len(np.unique(correct)) < 2):
-                continue
-            _, lo, hi = M.bootstrap_ci(name, conf, correct, n_resamples=n_boot, seed=seed, n_bins=n_bins)
-            ci[name] = [lo, hi]
-    out["ci95"] = ci
-    return out
-
-
-def combine_run(run_dir: str | Path, args: argparse.Namespace, prefix: str = "") -> dict[str, Any]:
-    """Fit `combined` on a run folder; merge it into results.json; return the probe section."""
-    import numpy as np
-
-    from llmcal import metrics as M
-    from llmcal.probe.protocol import predict_all, split
-
-    run_dir = Path(run_dir)
-    res, fitted, rf = _fit_in_task(str(run_dir), args, prefix)
-    art_path = _save_artifact(fitted, res, run_dir, getattr(args, "out", None))
-    res["artifact"] = str(art_path)
-    _write(run_dir, "probe_results.json", res)
-    results_path = run_dir / "results.json"
-    if results_path.exists():
-        results = json.loads(results_path.read_text())
-        n_bins = int(results.get("calibration_config", {}).get("n_bins", 15))
-        cal, test = split(rf, res["split"]["cal_fraction"], res["split"]["seed"])
-        if results.get("split", {}).get("n_test") not in (None, len(test)):
-            raise ValueError(f"{results_path}: its test part has {results['split']['n_test']} items, this split "
-                             f"{len(test)}; rerun `llmcal calibrate` with the same --cal_fraction/--seed")
-        t = rf.subset(test)
-        confs = predict_all(fitted, t)
-        y = t.correct
-        seed = res["split"]["seed"]
-        results.setdefault("signals_test", {})["external"] = metrics_block(confs["external"], y, n_bins,
-                                                                             args.bootstrap, seed)
-        block = metrics_block(confs["combined"], y, n_bins, args.bootstrap, seed)
-        block["params"] = {"probe": str(art_path), "weights": res.get("combined_weights"),
-                           "calibrator": fitted.artifact.combiner.calibrator}
-        results.setdefault("calibrated_test", {})["combined"] = block
-        results.setdefault("reliability", {})["combined"] = M.reliability_data(
-            np.asarray(confs["combined"]), y, n_bins=n_bins).to_dict()
-        results["probe"] = res
-        _write(run_dir, "results.json", results)
-    return res
-
-
 def cmd_combine(args: argparse.Namespace) -> int:
-    res = combine_run(args.run_dir, args)
+    from llmcal.pipeline.probe_step import combine_run
+
+    res = combine_run(args.run_dir, probe_config(args), args.cal_fraction, args.seed, args.bootstrap, out=args.out,
+                      fingerprint=not args.no_fingerprint, say=_say(args))
     if not args.quiet:
         _print_methods(res, f"test part of {args.run_dir} ({res['split']['n_test']} items)")
         merged = (Path(args.run_dir) / "results.json").exists()
@@ -365,14 +216,3 @@ def cmd_combine(args: argparse.Namespace) -> int:
             f"{Path(args.run_dir) / 'probe_results.json'} (no results.json yet: run `llmcal calibrate` "
             "and `llmcal combine` again to see them beside the calibrators)"))
     return 0
-
-
-def run_hook(run_dir: str | Path, args: argparse.Namespace) -> dict[str, Any] | None:
-    """The probe step of ``llmcal run --probe`` (after calibrate, before report)."""
-    if not getattr(args, "probe", False):
-        return None
-    ns = argparse.Namespace(**vars(args))
-    ns.cal_fraction, ns.seed = args.cal_fraction, args.seed
-    ns.no_fingerprint = False
-    ns.out = None
-    return combine_run(run_dir, ns, prefix="probe_")

@@ -109,14 +109,14 @@ def cmd_quantize(args) -> int:
         for t in args.tasks.split(","):
             items += load_task(t.strip(), data_dir=args.data_dir)[: args.limit]
 
-    from llmcal.backends.hf import HFBackend
     from llmcal.backends.model_args import parse_model_args
+    from llmcal.backends.registry import load_backend
     from llmcal.quant.data import tokenize
     from llmcal.quant.evaluate import compare, evaluate_model
     from llmcal.quant.quantizer import check_inputs, quantize_model
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    backend = HFBackend.load(**parse_model_args(args.model_args))
+    backend = load_backend("hf", **parse_model_args(args.model_args))  # quantization needs the weights here
     model, tok = backend.model, backend.tokenizer
     check_inputs(model, recipe, args.mapping)  # unknown architecture, group sizes: before any pass
     calib = tokenize(tok, calib_texts, args.seq_len)

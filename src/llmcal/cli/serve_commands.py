@@ -56,6 +56,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def build_answerer(args: argparse.Namespace):
     """The answerer the arguments describe (loads the model; may take seconds)."""
     from llmcal.backends.model_args import parse_model_args
+    from llmcal.backends.registry import parse_backend_args
 
     run: Path | None
     if args.run and args.run.lower() == "none":
@@ -63,19 +64,17 @@ def build_answerer(args: argparse.Namespace):
     elif args.run:
         run = Path(args.run)
     else:
-        from llmcal.cli.commands import _latest_run
+        from llmcal.pipeline.ask import latest_run
 
         try:
-            run = _latest_run().path
+            run = latest_run()
         except FileNotFoundError:
             run = None
     if run is None:
         print("llmcal serve: no calibrated run; confidences are raw (uncalibrated)", file=sys.stderr)
     upstream = None
     if args.upstream:
-        from llmcal.backends.openai_compat import parse_openai_args
-
-        upstream = parse_openai_args(f"base_url={args.upstream},{args.upstream_args}")
+        upstream = parse_backend_args("openai", f"base_url={args.upstream},{args.upstream_args}")
     elif args.upstream_args:
         raise ValueError("--upstream_args needs --upstream URL")
     from llmcal.serve.answerer import Answerer

@@ -1,6 +1,8 @@
-"""Confidence binning: the one place where bin edges and bin membership are decided.
+"""Confidence binning for the metrics: per-bin statistics on the bins of :mod:`llmcal.core.bins`.
 
-Conventions (the same as netcal's and numpy's ``histogram``):
+The edges and bin membership are decided in ``core/bins.py`` (shared with histogram
+binning); this module adds the fast equal-width path and the per-bin sums.  Conventions
+(the same as netcal's and numpy's ``histogram``):
 
 * ``strategy="uniform"``: ``n_bins`` equal-width bins, edges ``np.linspace(0, 1, n_bins + 1)``
   (Naeini et al. 2015; Guo et al. 2017).
@@ -24,7 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from llmcal.metrics._validation import as_confidence, check_n_bins, check_strategy
+from llmcal.core.bins import bin_index, edges_for, quantile_edges, uniform_edges
+from llmcal.core.validation import as_confidence, check_n_bins, check_strategy
+
+__all__ = ["BinStats", "bin_index", "bin_stats", "edges_for", "quantile_edges", "uniform_bin_index",
+           "uniform_edges"]
 
 _BLOCK = 1 << 15  # elements per block: 32768 float64 = 256 KiB; the block and its buffers stay in L2
 _TOL = 1e-9  # |x*n_bins - round(x*n_bins)| below this: decide the bin from the exact edges
@@ -42,30 +48,6 @@ class BinStats:
     @property
     def n(self) -> int:
         return int(self.counts.sum())
-
-
-def uniform_edges(n_bins: int) -> np.ndarray:
-    return np.linspace(0.0, 1.0, check_n_bins(n_bins) + 1)
-
-
-def quantile_edges(x: np.ndarray, n_bins: int) -> np.ndarray:
-    """Equal-mass edges: linear-interpolated quantiles, outer edges pinned to 0 and 1 (as netcal)."""
-    edges = np.quantile(x, np.linspace(0.0, 1.0, check_n_bins(n_bins) + 1))
-    edges[0], edges[-1] = 0.0, 1.0
-    return np.maximum.accumulate(edges)  # guard against a last-ulp dip from interpolation
-
-
-def edges_for(x: np.ndarray, n_bins: int, strategy: str) -> np.ndarray:
-    check_strategy(strategy)
-    return uniform_edges(n_bins) if strategy == "uniform" else quantile_edges(x, n_bins)
-
-
-def bin_index(x: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """Bin of each value for arbitrary increasing edges (left-closed bins, last bin closed)."""
-    n_bins = len(edges) - 1
-    idx = np.searchsorted(edges, x, side="right") - 1
-    np.clip(idx, 0, n_bins - 1, out=idx)
-    return idx
 
 
 def uniform_bin_index(x: np.ndarray, n_bins: int) -> np.ndarray:

@@ -33,7 +33,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from llmcal.metrics._validation import check_n_bins, confidence_and_correct
+from llmcal.core.validation import check_n_bins, confidence_and_correct
 from llmcal.metrics.binning import uniform_bin_index
 from llmcal.metrics.scores import _binary_log_loss
 from llmcal.metrics.summary import DEFAULT_N_BINS, METRIC_SPECS, metric_functions

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from llmcal.metrics._validation import (
+from llmcal.core.validation import (
     as_confidence,
     as_correct,
     check_n_bins,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from llmcal.metrics._validation import confidence_and_correct, probs_and_labels
+from llmcal.core.validation import confidence_and_correct, probs_and_labels
 
 #: Probabilities are clipped to [EPS, 1 - EPS] before taking logs, as scikit-learn's
 #: ``log_loss`` does for float64 input, so a confident mistake costs about 36 nats, not inf.

@@ -30,7 +30,7 @@ import warnings
 
 import numpy as np
 
-from llmcal.metrics._validation import confidence_and_correct
+from llmcal.core.validation import confidence_and_correct
 from llmcal.metrics.binning import sort_with_correct
 
 

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from llmcal.metrics._validation import check_n_bins, confidence_and_correct
+from llmcal.core.validation import check_n_bins, confidence_and_correct
 from llmcal.metrics.binning import bin_stats
 from llmcal.metrics.calibration import _gap_error, ece_1_bin, ece_10_bin
 from llmcal.metrics.scores import _binary_log_loss

@@ -11,14 +11,19 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir
 from llmcal.signals.mc import mc_signals
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 from llmcal.tasks.prompts import build_request, normalization_lengths
 
 
-def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int | None) -> dict[str, Any]:
-    """One line of ``samples.jsonl``: everything known about one answered item."""
+def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int | None) -> Sample:
+    """One line of ``samples.jsonl``: everything known about one answered item, validated.
+
+    Building it through :meth:`Sample.from_dict` checks what a backend returned (a NaN
+    log-probability from a server stops the run here, before it reaches the folder).
+    """
     pred, signals = mc_signals(score.logprobs, score.n_tokens)
     nchars = normalization_lengths(item, style)
     pred_norm = int(np.argmax(score.logprobs / np.asarray(nchars, dtype=np.float64)))
@@ -44,7 +49,7 @@ def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int
     }
     if hidden_row is not None:
         rec["hidden_row"] = hidden_row
-    return rec
+    return Sample.from_dict(rec, where=f"item {item.id!r} (task {item.task})")
 
 
 def hidden_rows(scores) -> tuple[np.ndarray | None, list[str]]:
@@ -72,7 +77,7 @@ def measure(
     progress: bool = True,
 ) -> int:
     """Score the items not yet recorded; return how many were scored now."""
-    done = {s["id"] for s in run.repair()}
+    done = {s.id for s in run.repair()}
     n_done = len(done)
     todo = [it for it in items if it.id not in done]
     if not todo:

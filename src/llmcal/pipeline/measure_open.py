@@ -3,7 +3,7 @@
 For each question (batched, resumable like :mod:`llmcal.pipeline.measure`):
 
 1. the greedy answer (or, for the temperature sweep, one sampled at
-   ``answer_temperature``), with its token log-probabilities (``backends/generation``),
+   ``answer_temperature``), with its token log-probabilities (``Backend.generate``),
    graded by the item's grader (``tasks/graders``); the token-probability
    signals come free with it (``signals/generation``);
 2. ``ptrue``: one scoring pass over "Is the proposed answer True/False?"
@@ -22,19 +22,19 @@ extra generated tokens, per item) so ``benchmarks/signals.py`` can tabulate it.
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir
 from llmcal.tasks.graders import grade, normalize
-from llmcal.tasks.open_item import OpenItem
+from llmcal.core.items import OpenItem
+from llmcal.tasks.prompts import render, user_message
 
 FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement")
 DEFAULT_FAMILIES = ("tokens", "ptrue", "verbalized", "agreement")
-INSTRUCTION = "Answer the question in a few words."
-GSM8K_INSTRUCTION = "Solve the problem step by step, then write 'The answer is <number>.'"
 
 
 @dataclass
@@ -66,28 +66,26 @@ class OpenSettings:
         return {**asdict(self), "families": list(self.families)}
 
 
-def user_message(item: OpenItem) -> str:
-    """The question as the user asks it: the instruction (GSM8K's for numeric items), then the question."""
-    instruction = GSM8K_INSTRUCTION if item.grader == "numeric" else INSTRUCTION
-    return f"{instruction}\n\nQuestion: {item.question.strip()}"
+def chat_template_of(backend, chat: bool):
+    """How this backend turns a conversation into its prompt (see :func:`llmcal.tasks.prompts.render`).
+
+    A backend that takes whole conversations (``"messages"``: the openai backend on its
+    chat endpoint) gets the messages themselves, so the server applies its own model's
+    template, as it would for any client; a backend with a chat template applies it;
+    without ``chat`` (or a template) the conversation is plain ``Question:/Answer:`` text.
+    """
+    if not chat:
+        return None
+    if "messages" in backend.capabilities:
+        return list
+    if "chat_template" in backend.capabilities:
+        return backend.apply_chat_template
+    return None
 
 
 def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str | list[dict[str, str]]:
-    """The prompt for a conversation: the model's chat template, or plain ``Question:/Answer:`` text.
-
-    A backend that takes whole conversations (``takes_messages``: the openai
-    backend on its chat endpoint) gets the messages themselves, so the server
-    applies its own model's template, as it would for any client.
-    """
-    if chat and getattr(backend, "takes_messages", False):
-        return [dict(m) for m in messages]
-    tok = getattr(backend, "tokenizer", None)
-    if chat and getattr(tok, "chat_template", None):
-        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    lines = []
-    for m in messages:
-        lines.append(("Answer: " if m["role"] == "assistant" else "") + m["content"])
-    return "\n".join(lines) + "\nAnswer:"
+    """The prompt for a conversation on this backend (its chat template, the messages, or plain text)."""
+    return render(messages, chat_template_of(backend, chat))
 
 
 def answer_prompt(backend, item: OpenItem, chat: bool) -> str | list[dict[str, str]]:
@@ -114,7 +112,7 @@ def measure_open(
     """Answer the items not yet recorded; return how many were answered now."""
     from llmcal.pipeline.measure import _progress
 
-    done = {s["id"] for s in run.repair()}
+    done = {s.id for s in run.repair()}
     todo = [it for it in items if it.id not in done]
     if not todo:
         return 0
@@ -141,20 +139,18 @@ def measure_open(
 
 
 def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=None,
-                 seed: int = 0) -> list[dict[str, Any]]:
-    """Every record for one batch of items (see the module docstring)."""
-    from llmcal.backends.generation import generate
+                 seed: int = 0) -> list[Sample]:
+    """Every record for one batch of items (see the module docstring), validated as Samples."""
     from llmcal.signals.generation import token_signals
 
-    config = getattr(getattr(backend, "model", None), "config", None)  # an HF model; None over an API
-    vocab = int(getattr(config, "vocab_size", 0) or 0) or None
+    vocab = backend.vocab_size  # None over an API
     n = len(items)
     prompts = [answer_prompt(backend, it, s.chat) for it in items]
     cost: list[dict[str, dict[str, float]]] = [{} for _ in items]
     greedy = [None] * n
     t0 = time.perf_counter()
     for group in _groups(items):
-        gens = generate(backend, [prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
+        gens = backend.generate([prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
                         temperature=s.answer_temperature, seed=seed + 7919, stop=_stop(items[group[0]]))
         for i, g in zip(group, gens):
             greedy[i] = g[0]
@@ -198,7 +194,7 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
         sampled: list[list[str]] = [[] for _ in items]
         gen_tokens = [0] * n
         for group in _groups(items):
-            gens = generate(backend, [prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
+            gens = backend.generate([prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
                             temperature=s.sample_temperature, n=s.k_samples, seed=seed,
                             stop=_stop(items[group[0]]))
             for i, g in zip(group, gens):
@@ -211,7 +207,7 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
         for i in range(n):
             cost[i]["agreement"] = {"seconds": per_gen + per_embed, "forward_passes": 0,
                                     "gen_tokens": gen_tokens[i], "samples": s.k_samples}
-    return records
+    return [Sample.from_dict(r, where=f"item {r['id']!r} (task {r['task']})") for r in records]
 
 
 def _groups(items: Sequence[OpenItem]) -> list[list[int]]:
@@ -223,7 +219,6 @@ def _groups(items: Sequence[OpenItem]) -> list[list[int]]:
 
 
 def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, scale: str) -> None:
-    from llmcal.backends.generation import generate
     from llmcal.signals.verbalized import SCALES, parse_confidence
 
     t0 = time.perf_counter()
@@ -232,7 +227,7 @@ def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, s
         {"role": "assistant", "content": greedy[i].text or "(no answer)"},
         {"role": "user", "content": SCALES[scale]},
     ], s.chat) for i, it in enumerate(items)]
-    gens = generate(backend, prompts, max_new_tokens=12, temperature=0.0, stop=("\n",))
+    gens = backend.generate(prompts, max_new_tokens=12, temperature=0.0, stop=("\n",))
     per = (time.perf_counter() - t0) / len(items)
     for i, g in enumerate(gens):
         reply = g[0].text

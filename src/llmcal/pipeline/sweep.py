@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from llmcal.pipeline.evaluate_open import evaluate_open
+from llmcal.pipeline.evaluate import evaluate
 from llmcal.pipeline.measure_open import OpenSettings, measure_open
 from llmcal.records.run_dir import RunDir
-from llmcal.tasks.open_item import OpenItem
+from llmcal.core.items import OpenItem
 
 
 def temperature_sweep(out: str | Path, items: Sequence[OpenItem], backend_factory: Callable[[], Any],
@@ -44,7 +44,7 @@ def temperature_sweep(out: str | Path, items: Sequence[OpenItem], backend_factor
         run.start({**config, "open_settings": s.to_dict(), "kind": "open"}, ("model_args", "tasks", "limit",
                                                                               "open_settings"))
         measure_open(run, items, shared_backend, s, progress=progress)
-        results, _ = evaluate_open(run.read_samples(), n_bootstrap=n_bootstrap)
+        results, _ = evaluate(run.read_samples(), n_bootstrap=n_bootstrap)
         rows[f"{t:g}"] = {
             "accuracy": results["overall"]["accuracy"],
             "signals": {k: {"ece": v["raw"]["ece"], "auroc": v["raw"]["auroc"], "n_missing": v["n_missing"]}
@@ -97,3 +97,50 @@ def plot_sweep(sweep: dict[str, Any], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def parse_temperatures(spec: str) -> list[float]:
+    """``"0,0.5,0.8"`` -> [0.0, 0.5, 0.8]; a non-number or a negative temperature is refused."""
+    try:
+        temps = [float(t) for t in spec.split(",") if t.strip()]
+    except ValueError:
+        raise ValueError(f"--temperatures: expected numbers, got {spec!r}") from None
+    if not temps or any(t < 0 for t in temps):
+        raise ValueError(f"--temperatures: need non-negative temperatures, got {spec!r}")
+    return temps
+
+
+def run_sweep(config, temperatures: Sequence[float]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """``llmcal sweep``: one open run per temperature under the output folder, then the table and plot.
+
+    The backend is whatever ``config.model`` names (a local model or any OpenAI-compatible
+    server), built once through the backend registry and shared by every temperature.
+    """
+    import json
+
+    from llmcal.pipeline.run import (backend_args, check_capabilities, load_items, open_settings, run_identity,
+                                     task_kind)
+
+    if task_kind(config) != "open":
+        raise ValueError(f"--tasks {','.join(config.tasks)!r}: the sweep needs open-ended tasks "
+                         "(builtin_open, nq_open, ...)")
+    check_capabilities(config, "open")
+    margs = backend_args(config)
+    identity = run_identity(config, margs, "open")
+    items = load_items(config)
+    out = Path(config.output_path or Path("runs") / identity["name"].replace("-open", "-sweep"))
+
+    def factory():
+        from llmcal.backends.registry import load_backend
+
+        kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
+        if config.model == "hf":
+            kwargs["max_tokens"] = config.max_tokens
+        return load_backend(config.model, **kwargs)
+
+    sweep = temperature_sweep(out, items, factory, open_settings(config), temperatures, identity,
+                              progress=not config.quiet, n_bootstrap=config.bootstrap)
+    (out / "sweep.json").write_text(json.dumps(sweep, indent=2))
+    table = out / "sweep.md"
+    table.write_text(sweep_table(sweep) + "\n")
+    return sweep, {"json": out / "sweep.json", "table": table, "plot": plot_sweep(sweep, out / "sweep.png")}

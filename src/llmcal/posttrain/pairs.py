@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from llmcal.calibrators.calibration import LOGIT_SIGNAL, Calibration, CalibrationSet
+from llmcal.core.sample import Sample
 from llmcal.policy.levels import LEVELS, Thresholds, decide
 
 #: The confidence a stated level stands for: the middle of its band under the
@@ -50,25 +52,29 @@ def wrong_level(level: str) -> str:
     return "low" if level == "high" else "high"
 
 
-def calibrated_probs(samples: list[dict[str, Any]], calibration: dict[str, Any] | None) -> np.ndarray:
-    """Calibrated confidence in each sample's prediction, with the run's primary calibrator.
+def run_calibration(calibration: Calibration | CalibrationSet | Mapping[str, Any] | None) -> Calibration:
+    """The calibration a run presents: its primary, or the raw ``option_prob`` when it has none.
 
-    Temperature scaling is applied to the option log-likelihoods (as in the
-    run); a binary calibrator to ``option_prob``; no calibration = raw
+    ``calibration``: a :class:`Calibration`, a :class:`CalibrationSet`, a ``calibration.json``
+    dict (either layout) or None.
+    """
+    if isinstance(calibration, Calibration):
+        return calibration
+    if calibration is None:
+        return Calibration.none(LOGIT_SIGNAL)
+    cset = calibration if isinstance(calibration, CalibrationSet) else CalibrationSet.from_dict(dict(calibration))
+    return cset.primary or Calibration.none(LOGIT_SIGNAL)
+
+
+def calibrated_probs(samples: Sequence[Sample],
+                     calibration: Calibration | CalibrationSet | Mapping[str, Any] | None) -> np.ndarray:
+    """Calibrated confidence in each sample's prediction (n,), with the run's primary calibration.
+
+    Exactly what evaluate reports and ``llmcal ask`` shows
+    (:meth:`~llmcal.calibrators.calibration.Calibration.confidences`); no calibration = raw
     ``option_prob``.
     """
-    from llmcal.calibrators import from_dict
-    from llmcal.signals.mc import softmax
-
-    raw = np.array([s["signals"]["option_prob"] for s in samples], dtype=float)  # (n,)
-    primary = (calibration or {}).get("primary")
-    if not primary:
-        return raw
-    cal = from_dict(calibration["calibrators"][primary])
-    if primary == "temperature":
-        t = float(cal.temperature_)
-        return np.array([softmax(np.asarray(s["option_logprobs"]) / t)[s["prediction"]] for s in samples])
-    return np.clip(np.asarray(cal.predict(raw), dtype=float), 0.0, 1.0)
+    return np.clip(run_calibration(calibration).confidences(samples), 0.0, 1.0)
 
 
 def pairs_from_run(run_dir: str | Path, thresholds: Thresholds = Thresholds(),
@@ -82,21 +88,23 @@ def pairs_from_run(run_dir: str | Path, thresholds: Thresholds = Thresholds(),
     samples = run.read_samples()
     if not samples:
         raise ValueError(f"{run.samples_path}: no samples; run `llmcal run` first")
-    calibration = json.loads(run.calibration_path.read_text()) if run.calibration_path.exists() else None
+    calibration = run_calibration(CalibrationSet.load(run.calibration_path)
+                                  if run.calibration_path.exists() else None)
     probs = calibrated_probs(samples, calibration)
     pairs = []
     for s, p in zip(samples, probs):
         level = level_of(float(p), thresholds)
-        opt = softmax(np.asarray(s["option_logprobs"], dtype=float))
-        order = [int(i) for i in np.argsort(-opt) if int(i) != s["prediction"]][:max_alternatives]
-        alts = [s["choices"][i] for i in order]
-        answer = s["prediction_text"]
+        opt = softmax(np.asarray(s.option_logprobs, dtype=float))
+        order = [int(i) for i in np.argsort(-opt) if int(i) != s.prediction][:max_alternatives]
+        alts = [s.choices[i] for i in order]
+        answer = s.prediction_text
         pairs.append({
-            "prompt": s["prompt"],
+            "prompt": s.prompt,
             "chosen": response(answer, level, alts),
             "rejected": response(answer, wrong_level(level), alts),
-            "meta": {"id": s["id"], "task": s.get("task"), "confidence": float(p), "level": level,
-                     "correct": bool(s["correct"]), "calibrator": (calibration or {}).get("primary")},
+            "meta": {"id": s.id, "task": s.task, "confidence": float(p), "level": level,
+                     "correct": bool(s.correct),
+                     "calibrator": calibration.calibrator if calibration.is_fitted else None},
         })
     return pairs
 

@@ -1,7 +1,7 @@
 """Checkpoints and their linear layers, for comparing two models of one architecture.
 
 A checkpoint is named on the command line as ``embedded`` (the embedded
-SmolLM2-135M-Instruct, through :meth:`HFBackend.load`) or a folder holding a
+SmolLM2-135M-Instruct, through ``load_backend("hf")``) or a folder holding a
 transformers checkpoint (what ``llmcal posttrain orpo`` writes).  The linear
 layers compared are the ``nn.Linear`` modules inside the decoder blocks
 (``model.layers.<i>.<...>.<kind>``): attention q/k/v/o and the MLP's
@@ -30,18 +30,18 @@ class LinearRef:
 
 
 def load_checkpoint(spec: str, dtype: str = "float32"):
-    """An :class:`HFBackend` for ``embedded`` or a checkpoint folder (clear error otherwise)."""
-    from llmcal.backends.hf import HFBackend
+    """An ``hf`` backend for ``embedded`` or a checkpoint folder (clear error otherwise)."""
+    from llmcal.backends.registry import load_backend
 
     if spec.strip().lower() == EMBEDDED:
-        return HFBackend.load(dtype=dtype, hidden_layers=())
+        return load_backend("hf", dtype=dtype)
     path = Path(spec)
     if not path.is_dir() or not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{spec}: not a checkpoint folder (no config.json there); give a folder written by "
             f"save_pretrained (e.g. by `llmcal posttrain orpo`) or `{EMBEDDED}`"
         )
-    return HFBackend.load(pretrained=str(path), dtype=dtype, hidden_layers=())
+    return load_backend("hf", pretrained=str(path), dtype=dtype)
 
 
 def linear_layers(model) -> list[LinearRef]:

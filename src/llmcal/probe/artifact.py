@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from llmcal import __version__
+from llmcal._version import __version__
 from llmcal.probe.combine import Combiner
 from llmcal.probe.features import CHEAP_FEATURES, ModelInfo, RunFeatures, cheap_features_one, design_matrix
 from llmcal.probe.models import PROBES, Probe
@@ -92,10 +92,10 @@ class ProbeArtifact:
             out["combined"] = self.combiner.predict(rf.signals, z)
         return out
 
-    def predict_one(self, sample: dict[str, Any], hidden: np.ndarray | None,
+    def predict_one(self, sample, hidden: np.ndarray | None,
                     kept_layers: list[int] | None = None,
                     kept_positions: list[str] | None = None) -> dict[str, float]:
-        """One answer, as it is produced: its ``samples.jsonl`` record and hidden row.
+        """One answer, as it is produced: its :class:`~llmcal.core.sample.Sample` and hidden row.
 
         ``hidden`` (n_kept_positions * n_kept, hidden_size): the answer's hidden row
         as a run stores it, position-major over ``kept_positions`` (default: the
@@ -116,7 +116,7 @@ class ProbeArtifact:
         z = float(self.probe.logit(x)[0])
         out = {"external": 0.5 * (1.0 + math.tanh(0.5 * z))}
         if self.combiner is not None:
-            out["combined"] = self.combiner.predict_one(sample["signals"], z)
+            out["combined"] = self.combiner.predict_one(sample.signals, z)
         return out
 
     # ------------------------------------------------------------ files
@@ -198,6 +198,6 @@ def _json_path(path: str | os.PathLike) -> Path:
 
 
 def _clean(obj: Any) -> Any:
-    from llmcal.pipeline.evaluate import clean
+    from llmcal.records.results import clean
 
     return clean(obj)

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir, RunDirError
 
 #: Internal signals of ``signals/mc.py``, in [0, 1], higher = more sure.
@@ -73,14 +74,14 @@ def logit(p: np.ndarray | float, eps: float = _EPS) -> np.ndarray:
     return np.log(p) - np.log1p(-p)
 
 
-def cheap_features_one(sample: dict[str, Any]) -> np.ndarray:
-    """The cheap features of one ``samples.jsonl`` record, shape (len(CHEAP_FEATURES),)."""
-    sig = sample["signals"]
-    lp = sample["option_logprobs"]
-    nt = sample["option_ntokens"]
-    nc = sample.get("option_nchars") or [len(c) for c in sample.get("choices", [])] or [1] * len(lp)
-    k = int(sample["prediction"])
-    greedy = sample.get("option_is_greedy") or [False] * len(lp)
+def cheap_features_one(sample: Sample) -> np.ndarray:
+    """The cheap features of one multiple-choice :class:`~llmcal.core.sample.Sample`, (len(CHEAP_FEATURES),)."""
+    sig = sample.signals
+    lp = sample.option_logprobs
+    nt = sample.option_ntokens
+    nc = sample.option_nchars or [len(c) for c in sample.choices] or [1] * len(lp)
+    k = int(sample.prediction)
+    greedy = sample.option_is_greedy or [False] * len(lp)
     clip = lambda p: min(max(float(p), _EPS), 1.0 - _EPS)  # noqa: E731
     lg = lambda p: math.log(clip(p)) - math.log1p(-clip(p))  # noqa: E731
     return np.array([
@@ -91,7 +92,7 @@ def cheap_features_one(sample: dict[str, Any]) -> np.ndarray:
         float(lp[k]) / max(int(nt[k]), 1),
         float(lp[k]) / max(int(nc[k]), 1),
         math.log(len(lp)),
-        math.log1p(len(sample.get("prompt") or sample.get("question") or "")),
+        math.log1p(len(sample.prompt or sample.question or "")),
         math.log1p(int(nt[k])),
         math.log1p(int(nc[k])),
         math.log1p(float(np.mean(nt))),
@@ -100,7 +101,7 @@ def cheap_features_one(sample: dict[str, Any]) -> np.ndarray:
     ], dtype=np.float64)
 
 
-def cheap_features(samples: Sequence[dict[str, Any]]) -> np.ndarray:
+def cheap_features(samples: Sequence[Sample]) -> np.ndarray:
     """(n_items, len(CHEAP_FEATURES)) float64."""
     if not samples:
         return np.zeros((0, len(CHEAP_FEATURES)))
@@ -140,7 +141,7 @@ def run_model_info(run: RunDir, compute_fingerprint: bool = True) -> ModelInfo:
     ``backend.fingerprint`` is read where the run recorded it.  Where it did not
     (runs made before measure recorded it) and ``compute_fingerprint``, the model
     is loaded once from the run's ``model_args`` to compute
-    :meth:`HFBackend.fingerprint` (a few seconds), and the value is cached into
+    the backend's ``fingerprint()`` (a few seconds), and the value is cached into
     ``config.json``'s ``backend`` section.
     """
     cfg = run.config()
@@ -154,7 +155,7 @@ def run_model_info(run: RunDir, compute_fingerprint: bool = True) -> ModelInfo:
         fp = compute_run_fingerprint(cfg)
         be["fingerprint"] = fp
         cfg["backend"] = be
-        run.write_json(run.config_path, cfg)
+        run.write_config(cfg)
     return ModelInfo(
         name=str(be.get("model") or cfg.get("model_desc") or "unknown"),
         fingerprint=fp,
@@ -165,11 +166,11 @@ def run_model_info(run: RunDir, compute_fingerprint: bool = True) -> ModelInfo:
 
 
 def compute_run_fingerprint(cfg: dict[str, Any]) -> str:
-    """Load the run's model (no hidden states) and return its weight fingerprint."""
-    from llmcal.backends.hf import HFBackend
+    """Load the run's model through the backend registry and return its weight fingerprint."""
+    from llmcal.backends.registry import load_backend
 
     margs = {k: v for k, v in (cfg.get("model_args") or {}).items() if k != "batch_size"}
-    return HFBackend.load(hidden_layers=(), **margs).fingerprint()
+    return load_backend(cfg.get("model") or "hf", **margs).fingerprint()
 
 
 @dataclass
@@ -222,10 +223,11 @@ class RunFeatures:
         return out
 
 
-def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.ndarray | None,
+def features_from_samples(samples: Sequence[Sample], hidden_rows: np.ndarray | None,
                           model: ModelInfo, source: str = "",
                           positions: Sequence[str] = ("last_prompt",)) -> RunFeatures:
-    """Build :class:`RunFeatures` from sample records and the run's hidden rows.
+    """Build :class:`RunFeatures` from multiple-choice :class:`~llmcal.core.sample.Sample` records
+    and the run's hidden rows.
 
     ``hidden_rows`` (n_rows, len(positions) * n_kept, hidden_size) is indexed by
     each sample's ``hidden_row``.
@@ -234,7 +236,7 @@ def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.nda
         raise ValueError(f"{source or 'samples'}: no samples")
     hidden = None
     if hidden_rows is not None:
-        rows = np.array([s.get("hidden_row", -1) for s in samples], dtype=np.int64)
+        rows = np.array([-1 if s.hidden_row is None else s.hidden_row for s in samples], dtype=np.int64)
         if (rows < 0).any() or (rows >= len(hidden_rows)).any():
             raise RunDirError(f"{source}: some samples have no hidden-state row")
         hidden = np.asarray(hidden_rows[rows], dtype=np.float32)  # (n, n_pos * n_kept, hidden)
@@ -243,15 +245,15 @@ def features_from_samples(samples: Sequence[dict[str, Any]], hidden_rows: np.nda
                               f"{len(positions)} positions x {len(model.layers)} kept layers x "
                               f"{model.hidden_size}")
     return RunFeatures(
-        ids=[str(s["id"]) for s in samples],
-        tasks=np.array([str(s["task"]) for s in samples]),
-        correct=np.array([bool(s["correct"]) for s in samples], dtype=np.float64),
-        signals={k: np.array([float(s["signals"][k]) for s in samples]) for k in SIGNALS},
+        ids=[s.id for s in samples],
+        tasks=np.array([s.task for s in samples]),
+        correct=np.array([bool(s.correct) for s in samples], dtype=np.float64),
+        signals={k: np.array([float(s.signals[k]) for s in samples]) for k in SIGNALS},
         cheap=cheap_features(samples),
         hidden=hidden,
         model=model,
-        option_logprobs=[list(map(float, s["option_logprobs"])) for s in samples],
-        references=np.array([int(s["reference"]) for s in samples], dtype=np.int64),
+        option_logprobs=[list(map(float, s.option_logprobs)) for s in samples],
+        references=np.array([int(s.reference) for s in samples], dtype=np.int64),
         sources=[source] if source else [],
         positions=list(positions),
     )

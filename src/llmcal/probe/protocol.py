@@ -1,7 +1,7 @@
 """The evaluation protocol: in-task, across tasks (the shift matrix), and the learning curve.
 
 * **In-task**: fit on the calibration part of a run folder (the seeded per-task
-  split of ``pipeline/evaluate.split_indices``, the same one ``llmcal
+  split of ``core/split.split_indices``, the same one ``llmcal
   calibrate`` uses), report on its test part.
 * **Across tasks** (the brief's "overfitting calibration" pitfall): the runs
   are pooled and split per task; for every (source, target) pair a pipeline
@@ -22,7 +22,9 @@ Confidences compared (the names used in every table):
 ``internal``               raw ``option_prob`` (the internal signal, uncalibrated)
 ``option_prob_norm`` ...   the other raw internal signals
 ``internal+temperature``   temperature scaling of the option log-likelihoods (Guo et al. 2017)
-``internal+<cal>``         the combiner's calibrator on ``option_prob`` alone
+``internal+<cal>``         the combiner's calibrator on ``option_prob`` alone (a
+                           :class:`~llmcal.calibrators.calibration.Calibration`, like the
+                           temperature baseline, so both are computed as evaluate computes them)
 ``external``               the probe's P(right) (hidden states + cheap features)
 ``combined``               stacker over the internal signals and the probe, then the calibrator
 =========================  ===========================================================
@@ -38,6 +40,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from llmcal import metrics as M
+from llmcal.calibrators.calibration import LOGIT_SIGNAL, Calibration
+from llmcal.core.split import split_indices
 from llmcal.probe.artifact import ProbeArtifact
 from llmcal.probe.combine import fit_probe_and_combiner
 from llmcal.probe.features import SIGNALS, RunFeatures, concat_features, design_matrix
@@ -74,20 +78,10 @@ class ProbeSettings:
 class Fitted:
     artifact: ProbeArtifact
     extras: dict[str, ProbeArtifact]
-    baselines: dict[str, Any]          # name -> fitted calibrator
+    baselines: dict[str, Calibration]  # name -> fitted calibration of option_prob
     errors: dict[str, str]
     seconds: float
     n_cal: int
-
-
-def temperature_confidence(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """Top-option probability after temperature scaling, (n,), from (n, k) -inf-padded log-likelihoods.
-
-    Computed here rather than by ``TemperatureScaling.predict`` because a temperature fitted on
-    one task (say 2 options) applies to another with a different number of options.
-    """
-    z = logits - logits.max(axis=1, keepdims=True)  # (n, k), max 0, padding -inf
-    return 1.0 / np.sum(np.exp(z / float(temperature)), axis=1)
 
 
 def default_positions(kept: list[str]) -> list[str]:
@@ -123,36 +117,33 @@ def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact
 
 
 def fit_all(rf_cal: RunFeatures, s: ProbeSettings) -> Fitted:
-    """Fit the probe + combination and the internal baselines on ``rf_cal`` (the calibration part)."""
-    from llmcal.calibrators import get_calibrator
+    """Fit the probe + combination and the internal baselines on ``rf_cal`` (the calibration part).
 
+    The baselines are temperature scaling and the combiner's calibrator, each on ``option_prob``
+    (one entry when they are the same calibrator).
+    """
     t0 = time.perf_counter()
     art = _fit_artifact(rf_cal, s, s.probe)
     extras = {k: _fit_artifact(rf_cal, s, k) for k in s.extra_probes if k != s.probe}
-    baselines: dict[str, Any] = {}
+    baselines: dict[str, Calibration] = {}
     errors: dict[str, str] = {}
-    try:
-        baselines["internal+temperature"] = get_calibrator("temperature").fit(
-            rf_cal.option_logit_matrix(), rf_cal.references)
-    except ValueError as err:
-        errors["internal+temperature"] = str(err)
-    if s.calibrator != "temperature":  # else the name is taken by the multi-class temperature above
+    logits = rf_cal.option_logit_matrix()  # (n, k_max), -inf padded
+    for cname in dict.fromkeys(("temperature", s.calibrator)):
         try:
-            baselines[f"internal+{s.calibrator}"] = get_calibrator(s.calibrator).fit(
-                rf_cal.signals["option_prob"], rf_cal.correct)
+            baselines[f"internal+{cname}"] = Calibration.fit_arrays(
+                LOGIT_SIGNAL, cname, rf_cal.correct, values=rf_cal.signals[LOGIT_SIGNAL], logits=logits,
+                labels=rf_cal.references, n=len(rf_cal), tasks=sorted(set(rf_cal.tasks.tolist())))
         except ValueError as err:
-            errors[f"internal+{s.calibrator}"] = str(err)
+            errors[f"internal+{cname}"] = str(err)
     return Fitted(art, extras, baselines, errors, time.perf_counter() - t0, len(rf_cal))
 
 
 def predict_all(f: Fitted, rf: RunFeatures) -> dict[str, np.ndarray]:
     """Every compared confidence on ``rf``'s items, name -> (n,)."""
     out: dict[str, np.ndarray] = {name: rf.signals[sig] for name, sig in RAW_SIGNALS.items()}
+    logits = rf.option_logit_matrix() if f.baselines else None  # (n, k_max): any number of options
     for name, cal in f.baselines.items():
-        if name == "internal+temperature":
-            out[name] = temperature_confidence(rf.option_logit_matrix(), cal.temperature_)
-        else:
-            out[name] = np.asarray(cal.predict(rf.signals["option_prob"]))
+        out[name] = cal.predict(values=rf.signals[cal.signal], logits=logits)
     out.update(f.artifact.predict(rf))
     for kind, art in f.extras.items():
         for k, v in art.predict(rf).items():
@@ -229,8 +220,6 @@ def compare(confs: dict[str, np.ndarray], correct: np.ndarray, n_boot: int = 100
 
 # ------------------------------------------------------------------ protocols
 def split(rf: RunFeatures, cal_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    from llmcal.pipeline.evaluate import split_indices
-
     return split_indices(list(rf.tasks), cal_fraction, seed)
 
 

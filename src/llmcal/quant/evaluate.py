@@ -50,11 +50,11 @@ def mc_metrics(model, tokenizer, items: Sequence, style: str = "cloze", n_bins: 
     reqs = [build_request(it, style) for it in items]
     scores = backend.score_mc(reqs)
     recs = [sample_record(it, r.context, s, style, None) for it, r, s in zip(items, reqs, scores)]
-    correct = np.array([r["correct"] for r in recs], dtype=float)
-    conf = np.array([r["signals"]["option_prob"] for r in recs])
+    correct = np.array([r.correct for r in recs], dtype=float)
+    conf = np.array([r.signals["option_prob"] for r in recs])
     return {"accuracy": float(correct.mean()), "ece": ece(conf, correct, n_bins=n_bins),
             "brier": brier_score(conf, correct), "mean_confidence": mean_confidence(conf),
-            "n_items": len(items), "predictions": [r["prediction"] for r in recs]}
+            "n_items": len(items), "predictions": [r.prediction for r in recs]}
 
 
 def evaluate_model(model, tokenizer, ppl_seqs: Sequence | None = None, items: Sequence | None = None,

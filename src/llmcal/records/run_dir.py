@@ -27,6 +27,8 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from llmcal.core.sample import Sample, SampleError
+
 SCHEMA_VERSION = 1
 
 
@@ -90,8 +92,12 @@ class RunDir:
                         f"now {config.get(key)!r}; use another --output_path or --overwrite"
                     )
             config = {**old, **config}  # keep what the earlier run learned (e.g. the backend)
-        self.config_path.write_text(json.dumps(config, indent=2, sort_keys=True))
+        self.write_config(config)
         return self.samples_path.exists() and self.samples_path.stat().st_size > 0
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        """Replace config.json atomically (a kill at any moment leaves the old or the new file, never half)."""
+        self.write_json(self.config_path, config, sort_keys=True)
 
     def config(self) -> dict[str, Any]:
         if not self.config_path.exists():
@@ -99,9 +105,13 @@ class RunDir:
         return json.loads(self.config_path.read_text())
 
     # ------------------------------------------------------------ samples
-    def repair(self) -> list[dict[str, Any]]:
-        """Read the samples, dropping a torn last line and extra hidden rows."""
-        samples: list[dict[str, Any]] = []
+    def repair(self) -> list[Sample]:
+        """Read and validate the samples, dropping a torn last line and extra hidden rows.
+
+        Every complete line is checked as a :class:`~llmcal.core.sample.Sample`; a bad one
+        stops the read with ``samples.jsonl line N: field 'x': ...`` and changes nothing.
+        """
+        samples: list[Sample] = []
         if not self.samples_path.exists():
             self._truncate_hidden(0)
             return samples
@@ -123,23 +133,26 @@ class RunDir:
                 raise RunDirError(f"{self.samples_path} line {i + 1}: not valid JSON") from None
             if not complete:
                 break
-            samples.append(rec)
+            try:
+                samples.append(Sample.from_dict(rec, where=f"{self.samples_path} line {i + 1}"))
+            except SampleError as err:
+                raise RunDirError(str(err)) from None
             good_end += len(line) + 1
         if good_end != len(raw):
             with open(self.samples_path, "r+b") as f:
                 f.truncate(good_end)
         self._truncate_hidden(len(samples))
-        ids = [s["id"] for s in samples]
+        ids = [s.id for s in samples]
         if len(set(ids)) != len(ids):
             raise RunDirError(f"{self.samples_path}: duplicate item ids; the folder was edited by hand")
         return samples
 
-    def read_samples(self) -> list[dict[str, Any]]:
+    def read_samples(self) -> list[Sample]:
         if not self.samples_path.exists():
             raise RunDirError(f"{self.path}: no samples.jsonl; run `llmcal measure` first")
         return self.repair()
 
-    def append(self, samples: list[dict[str, Any]], hidden: np.ndarray | None,
+    def append(self, samples: list[Sample], hidden: np.ndarray | None,
                positions: list[str] | None = None) -> None:
         """Append one batch: hidden rows, then sample lines, both fsynced.
 
@@ -155,7 +168,7 @@ class RunDir:
                 os.fsync(f.fileno())
         with open(self.samples_path, "a", encoding="utf-8") as f:
             for s in samples:
-                f.write(json.dumps(s, ensure_ascii=False) + "\n")
+                f.write(json.dumps(s.to_dict(), ensure_ascii=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -204,9 +217,13 @@ class RunDir:
         return np.memmap(self.hidden_path, dtype=np.float32, mode="r", shape=(n, *shape))
 
     # ------------------------------------------------------------ results
-    def write_json(self, path: Path, payload: dict[str, Any]) -> None:
+    def write_json(self, path: Path, payload: dict[str, Any], sort_keys: bool = False) -> None:
+        """Write a JSON file atomically: a temporary file, fsynced, then renamed over the old one."""
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default))
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps(payload, indent=2, sort_keys=sort_keys, default=_json_default))
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
 
 

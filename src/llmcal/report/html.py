@@ -1,9 +1,11 @@
 """A self-contained ``report.html``: plots embedded as base64 PNG, no network needed.
 
-Sections: the checklist, the metrics table (raw signals and calibrated, with
-95% bootstrap intervals), reliability diagrams before/after with bin counts,
-the risk-coverage curve, the confidence filter, per-task numbers, the most
-overconfident wrong answers, and the run's configuration.
+One report for both kinds of run (both write one results layout). Sections: the
+checklist, the metrics table (raw signals and calibrated, with 95% bootstrap
+intervals), reliability diagrams before/after with bin counts, the risk-coverage
+curve, the confidence filter, per-task numbers, the most overconfident wrong answers,
+and the run's configuration; a free-form run adds every signal raw against
+recalibrated, the served signal, and what each signal family cost per item.
 """
 
 from __future__ import annotations
@@ -112,19 +114,50 @@ def page_head(config: dict[str, Any]) -> str:
 
 
 def model_and_tasks(config: dict[str, Any]) -> str:
-    """The report's first line, shared by both reports: which model, on which tasks."""
+    """The report's first line: which model, on which tasks."""
     e = html.escape
     return (f"Model <b>{e(str(config.get('model_desc', config.get('model'))))}</b> &middot; tasks "
             f"<b>{e(', '.join(config.get('tasks', [])))}</b>")
 
 
-def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
+def _open_sections(results: dict[str, Any]) -> list[str]:
+    """A free-form run's extra sections: each signal raw and recalibrated, the served signal, the costs."""
     e = html.escape
     parts = [
+        "<h2>Every signal, raw and recalibrated (test part)</h2><p class='muted'>Raw: the signal as the model "
+        "gives it; recalibrated: fitted on the calibration part. Missing: items where the signal could not be "
+        "read (an unparseable verbalized reply), left out of that signal's metrics.</p>",
+        "<table><tr><th class='l'>signal</th><th>AUROC</th><th>ECE raw</th><th>ECE recalibrated</th>"
+        "<th>Brier recalibrated</th><th>missing</th></tr>",
+    ]
+    for name, sig in results.get("signals", {}).items():
+        raw, cal = sig.get("raw", {}), sig.get("calibrated", {})
+        parts.append(f"<tr><td class='l'>{e(name)}</td><td>{_fmt(raw.get('auroc'))}</td><td>{_fmt(raw.get('ece'))}</td>"
+                     f"<td>{_fmt(cal.get('ece'))}</td><td>{_fmt(cal.get('brier'))}</td>"
+                     f"<td>{sig.get('n_missing', 0)}</td></tr>")
+    parts.append("</table>")
+    if results.get("serving"):
+        sv = results["serving"]
+        parts.append(f"<p>Served confidence: <b>{e(str(sv.get('signal')))}</b> recalibrated with "
+                     f"{e(str(sv.get('calibrator')))}.</p>")
+    parts.append("<h2>Cost per item</h2><table><tr><th class='l'>signal family</th><th>seconds</th>"
+                 "<th>extra forward passes</th><th>extra generated tokens</th></tr>")
+    for fam, c in results.get("cost", {}).items():
+        parts.append(f"<tr><td class='l'>{e(fam)}</td><td>{_fmt(c.get('seconds'))}</td>"
+                     f"<td>{_fmt(c.get('forward_passes'))}</td><td>{_fmt(c.get('gen_tokens'))}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
+    e = html.escape
+    is_open = results.get("kind") == "open"
+    how = ("free-form answers" + (" (chat template)" if config.get("chat") else " (plain prompt)") if is_open else
+           f"prompt style {e(str(config.get('style')))}" + (" (chat template)" if config.get("chat") else ""))
+    parts = [
         page_head(config),
-        "<h1>When the model says it is sure, is it right?</h1>",
-        f"<p class='muted'>{model_and_tasks(config)} &middot; prompt style {e(str(config.get('style')))}"
-        f"{' (chat template)' if config.get('chat') else ''} &middot; dtype {e(str(config.get('dtype')))} &middot; "
+        "<h1>" + ("Free-form answers: when" if is_open else "When") + " the model says it is sure, is it right?</h1>",
+        f"<p class='muted'>{model_and_tasks(config)} &middot; {how} &middot; dtype {e(str(config.get('dtype')))} &middot; "
         f"{results['overall']['n']} items ({results['split']['n_cal']} calibration / "
         f"{results['split']['n_test']} test, seed {results['split']['seed']}) &middot; llmcal "
         f"{e(str(results.get('versions', {}).get('llmcal', '')))}</p>",
@@ -137,6 +170,8 @@ def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
                  "ECE: 15 equal-width bins, L1; ACE: 15 equal-mass bins; MCE: max gap; ece_10_bin: HELM's "
                  "10 equal-mass bins.</p>")
     parts.append(_metrics_table(results))
+    if is_open:
+        parts.extend(_open_sections(results))
     if results.get("probe"):
         from llmcal.report.probe_section import render_probe_section
 
@@ -155,11 +190,13 @@ def render_html(results: dict[str, Any], config: dict[str, Any]) -> str:
         parts.append(f"<tr><td class='l'>{e(label)}</td><td>{f['threshold']:.2f}</td><td>{_fmt(f['coverage'])}</td>"
                      f"<td>{f['answered']}</td><td>{_fmt(f['accuracy_answered'])}</td><td>{_fmt(f['accuracy_all'])}</td></tr>")
     parts.append("</table>")
+    second = ("grader", "grader") if is_open else ("accuracy (length-normalized)", "accuracy_norm")
     parts.append("<h2>Per task</h2><table><tr><th class='l'>task</th><th>n</th><th>accuracy</th>"
-                 "<th>accuracy (length-normalized)</th><th>mean confidence</th><th>ECE</th></tr>")
+                 f"<th>{second[0]}</th><th>mean confidence</th><th>ECE</th></tr>")
     for task, t in results["per_task"].items():
-        parts.append(f"<tr><td class='l'>{e(task)}</td><td>{t['n']}</td><td>{_fmt(t['accuracy'])}</td>"
-                     f"<td>{_fmt(t['accuracy_norm'])}</td><td>{_fmt(t['mean_confidence'])}</td><td>{_fmt(t['ece'])}</td></tr>")
+        parts.append(f"<tr><td class='l'>{e(task)}</td><td>{t['n']}</td><td>{_fmt(t.get('accuracy'))}</td>"
+                     f"<td>{_fmt(t.get(second[1]))}</td><td>{_fmt(t.get('mean_confidence'))}</td>"
+                     f"<td>{_fmt(t.get('ece'))}</td></tr>")
     parts.append("</table>")
     parts.append("<h2>Most overconfident wrong answers (test part)</h2><table><tr><th class='l'>question</th>"
                  "<th class='l'>answered</th><th class='l'>correct</th><th>raw</th><th>calibrated</th></tr>")

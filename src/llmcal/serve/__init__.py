@@ -6,7 +6,7 @@
 * :mod:`llmcal.serve.answerer` -- :class:`~llmcal.serve.answerer.Answerer`: a question
   (+ optional options) -> answer + :class:`~llmcal.policy.Decision`, on a transformers backend
   or an upstream OpenAI-compatible server (a calibrating proxy in front of vLLM / llama.cpp,
-  through :class:`~llmcal.backends.openai_compat.OpenAIBackend`).
+  through :class:`~llmcal.backends.openai.OpenAIBackend`).
 * :mod:`llmcal.serve.app` -- ``create_app(answerer, ...)``: the FastAPI app (auth, limits,
   the one-worker bounded queue).
 

@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from llmcal.backends.base import Backend
+from llmcal.backends.registry import load_backend
 from llmcal.policy import Decision, Thresholds, decide
 from llmcal.serve.saved import Confidence, SavedCalibration
 
@@ -128,7 +130,7 @@ def mc_reply(q: Query, options: list[str], logprobs, n_tokens, saved: SavedCalib
 def free_form_reply(q: Query, gen, saved: SavedCalibration, thresholds: Thresholds, timing: dict[str, float],
                     usage: dict[str, Any], sample: Callable[[int, float], list[str]],
                     vocab_size: int | None = None) -> Reply:
-    """A free-form :class:`Reply` from the answer's :class:`~llmcal.backends.generation.Generation`.
+    """A free-form :class:`Reply` from the answer's :class:`~llmcal.core.requests.Generation`.
 
     ``sample(n, temperature)`` draws ``n`` more answers (only called when ``q.samples > 0``);
     ``vocab_size`` scales ``entropy_conf`` as the open-ended run did.
@@ -151,20 +153,21 @@ def free_form_reply(q: Query, gen, saved: SavedCalibration, thresholds: Threshol
 
 
 class Answerer:
-    """Answers with a backend: :class:`~llmcal.backends.hf.HFBackend` (the embedded model or any HF
-    model, in this process) or :class:`~llmcal.backends.openai_compat.OpenAIBackend` (an upstream
-    OpenAI-compatible server: a calibrating proxy in front of vLLM or llama.cpp).
+    """Answers with a :class:`~llmcal.backends.base.Backend`: ``hf`` (the embedded model or any HF
+    model, in this process) or ``openai`` (an upstream OpenAI-compatible server: a calibrating
+    proxy in front of vLLM or llama.cpp).
 
     Not thread-safe: the server calls :meth:`answer` from its single model worker.
     """
 
-    def __init__(self, backend, saved: SavedCalibration | None = None, thresholds: Thresholds | None = None) -> None:
+    def __init__(self, backend: Backend, saved: SavedCalibration | None = None,
+                 thresholds: Thresholds | None = None) -> None:
         self.backend = backend
         self.saved = saved or SavedCalibration.none()
         self.thresholds = thresholds or self.saved.thresholds()
-        self.model_name = str(getattr(backend, "model_name", "model"))
+        self.model_name = str(backend.model_name or "model")
         if self.saved.probe is not None:
-            if getattr(backend, "n_layers", 0):
+            if "hidden_states" in backend.capabilities:
                 self._attach_probe()
             else:  # no hidden states over an API: the run's calibrator, not `combined`
                 self.saved.probe = None
@@ -176,8 +179,8 @@ class Answerer:
         """The run's model with the run's calibration.
 
         ``run=None``: ``model_args``' model (empty: the embedded one), uncalibrated.
-        ``upstream``: ``OpenAIBackend.load`` arguments (``base_url``, ``model``, ``api_key_env``,
-        ...): that server answers, the run calibrates (it should be the same model's run).
+        ``upstream``: ``load_backend("openai", ...)`` arguments (``base_url``, ``model``,
+        ``api_key_env``, ...): that server answers, the run calibrates (it should be the same model's run).
         """
         saved = SavedCalibration.from_run(run, use_probe=use_probe) if run else SavedCalibration.none()
         margs = dict(saved.model_args)
@@ -187,14 +190,10 @@ class Answerer:
                                  "belongs to the model it was fitted on; serve that run's model or another run")
             margs.update(model_args)
         if upstream or "base_url" in margs:  # a server answers (--upstream, or a run made with --model openai)
-            from llmcal.backends.openai_compat import OpenAIBackend
-
-            args = upstream or {k: v for k, v in margs.items() if k not in ("dtype", "batch_size")}
-            backend = OpenAIBackend.load(**{k: v for k, v in args.items() if k != "dtype"})
+            args = upstream or {k: v for k, v in margs.items() if k != "batch_size"}
+            backend = load_backend("openai", **args)
         else:
-            from llmcal.backends.hf import HFBackend
-
-            backend = HFBackend.load(hidden_layers=(), **{k: v for k, v in margs.items() if k != "batch_size"})
+            backend = load_backend("hf", **margs)
         return cls(backend, saved, saved.thresholds(high, abstain))
 
     def _attach_probe(self) -> None:
@@ -204,10 +203,10 @@ class Answerer:
         art, be = self.saved.probe, self.backend
         layers = [abs_layer(i, be.n_layers) for i in art.model.layers]
         art.check_model(ModelInfo(be.model_name, be.fingerprint(), be.n_layers, be.hidden_size, layers))
-        be.hidden_layers = tuple(layers)
+        be.set_hidden_layers(layers)
 
     def describe(self) -> dict[str, Any]:
-        return {"model": self.model_name, "backend": getattr(self.backend, "name", "hf"), **self.saved.describe(),
+        return {"model": self.model_name, "backend": self.backend.name, **self.saved.describe(),
                 "thresholds": {"high": self.thresholds.high, "abstain": self.thresholds.abstain}}
 
     # ------------------------------------------------------------ answering
@@ -217,11 +216,10 @@ class Answerer:
         return self._free_form(q)
 
     def _count_tokens(self, text: str) -> int:
-        tok = getattr(self.backend, "tokenizer", None)  # an API backend has none: 0, not known
-        return len(tok(text, add_special_tokens=False).input_ids) if callable(tok) else 0
+        return self.backend.count_tokens(text) or 0  # an API backend cannot tell: 0, not known
 
     def _multiple_choice(self, q: Query) -> Reply:
-        from llmcal.tasks.item import MCItem
+        from llmcal.core.items import MCItem
         from llmcal.tasks.prompts import build_request
 
         options = [str(o) for o in q.options or []]
@@ -254,21 +252,18 @@ class Answerer:
         "Answer the question in a few words.\n\nQuestion: ...", earlier turns stay, the model's chat
         template wraps it (an upstream's server applies its own), and the answer ends at the line.
         """
-        from llmcal.pipeline.measure_open import INSTRUCTION, chat_prompt
+        from llmcal.pipeline.measure_open import chat_prompt
+        from llmcal.tasks.prompts import INSTRUCTION
 
         msgs = [dict(m) for m in (q.messages or [{"role": "user", "content": q.question}])]
         last = max(i for i, m in enumerate(msgs) if m["role"] == "user")
         msgs[last]["content"] = f"{INSTRUCTION}\n\nQuestion: {msgs[last]['content'].strip()}"
-        if getattr(self.backend, "generate_endpoint", None) == "chat":
+        if "messages" in self.backend.capabilities:  # the server templates (its own model's template)
             return msgs[last]["content"], ("\n",)
         return chat_prompt(self.backend, msgs, self.saved.gen_chat), ("\n",)
 
     def _generate(self, prompt: str, **kwargs) -> list:
-        if hasattr(self.backend, "generate"):  # OpenAIBackend
-            return self.backend.generate([prompt], **kwargs)[0]
-        from llmcal.backends.generation import generate
-
-        return generate(self.backend, [prompt], **kwargs)[0]
+        return self.backend.generate([prompt], **kwargs)[0]
 
     def _free_form(self, q: Query) -> Reply:
         prompt, stop = self._prompt(q)
@@ -284,6 +279,4 @@ class Answerer:
                                   seed=q.seed + 1, top_k=0, stop=stop)
             return [m.text for m in more]
 
-        config = getattr(getattr(self.backend, "model", None), "config", None)
-        return free_form_reply(q, g, self.saved, self.thresholds, timing, usage, sample,
-                               int(getattr(config, "vocab_size", 0) or 0) or None)
+        return free_form_reply(q, g, self.saved, self.thresholds, timing, usage, sample, self.backend.vocab_size)

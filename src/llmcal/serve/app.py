@@ -36,7 +36,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from llmcal.backends.http_retry import APIError
+from llmcal.backends.openai.retry import APIError
 from llmcal.serve.answerer import MAX_OPTIONS, Query, Reply
 
 PAGE = Path(__file__).with_name("page.html")

@@ -28,7 +28,21 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from llmcal.core.text import normalize
+from llmcal.signals.spec import SignalSpec
+
 SIMILARITY_THRESHOLD = 0.9  # cosine between all-MiniLM-L6-v2 embeddings for "same meaning"
+
+SPECS = (
+    SignalSpec("agreement", "open", ("samples", "embeddings"), "+k samples",
+               "Wang et al. 2023; Xiong et al. 2024",
+               "share of k sampled answers that mean the same as the greedy one", family="agreement",
+               computed_by="llmcal.signals.agreement:cluster_agreement"),
+    SignalSpec("semantic_entropy", "open", ("samples", "embeddings"), "+k samples",
+               "Kuhn et al. 2023; Farquhar et al. 2024",
+               "1 - entropy of the meaning clusters of the greedy and sampled answers / log(n answers)",
+               family="agreement", computed_by="llmcal.signals.agreement:semantic_entropy_conf"),
+)
 
 
 def agreement(greedy: str, samples: Sequence[str], same: Callable[[str, str], bool]) -> float:
@@ -57,8 +71,6 @@ def same_meaning(a: str, b: str, ea: np.ndarray, eb: np.ndarray,
     different numbers differ; otherwise they agree when one's normalized text
     contains the other's ("Paris" in "The capital of France is Paris") or their
     embeddings' cosine is at least ``threshold``."""
-    from llmcal.tasks.graders import normalize
-
     if numbers_in(a) != numbers_in(b):
         return False
     na, nb = f" {normalize(a)} ", f" {normalize(b)} "

@@ -3,7 +3,7 @@
 The token-probability family (the "unsupervised" white-box estimators of
 Fadeeva et al. 2023, LM-Polygraph; Malinin & Gales 2021 for the length
 normalization).  Each is a float in [0, 1], higher = more sure, computed from
-a :class:`~llmcal.backends.generation.Generation` at no extra model cost:
+a :class:`~llmcal.core.requests.Generation` at no extra model cost:
 
 * ``seq_prob``: the probability of the whole answer, exp(sum log p)
   (LM-Polygraph's *maximum sequence probability*, as a confidence).
@@ -21,7 +21,28 @@ import math
 
 import numpy as np
 
+from llmcal.signals.spec import OWN, SignalSpec
+
 TOKEN_SIGNALS = ("seq_prob", "mean_token_prob", "min_token_prob", "entropy_conf", "first_token_margin")
+
+
+def _spec(name: str, inputs: tuple[str, ...], citation: str, description: str) -> SignalSpec:
+    return SignalSpec(name, "open", inputs, "free", citation, description, family="tokens",
+                      computed_by="llmcal.signals.generation:token_signals")
+
+
+SPECS = (
+    _spec("seq_prob", ("token_logprobs",), "Fadeeva et al. 2023",
+          "probability of the whole answer, exp(sum of token log-probabilities)"),
+    _spec("mean_token_prob", ("token_logprobs",), "Fadeeva et al. 2023; Malinin & Gales 2021",
+          "geometric mean of the token probabilities (1 / perplexity)"),
+    _spec("min_token_prob", ("token_logprobs",), "Fadeeva et al. 2023",
+          "probability of the least likely answer token"),
+    _spec("entropy_conf", ("token_entropies",), "Fadeeva et al. 2023",
+          "1 - mean token entropy / log(vocabulary size)"),
+    _spec("first_token_margin", ("top_logprobs",), OWN,
+          "p(top1) - p(top2) at the first answer token (missing without top-2 log-probabilities)"),
+)
 
 
 def token_signals(gen, vocab_size: int | None = None) -> dict[str, float]:

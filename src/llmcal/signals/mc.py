@@ -19,7 +19,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from llmcal.signals.spec import OWN, SignalSpec
+
 SIGNALS = ("option_prob", "option_prob_norm", "margin", "entropy")
+
+_BY = "llmcal.signals.mc:mc_signals"
+SPECS = (
+    SignalSpec("option_prob", "mc", ("option_logprobs",), "free", "Kadavath et al. 2022",
+               "softmax of the option log-likelihoods at the predicted option", computed_by=_BY),
+    SignalSpec("option_prob_norm", "mc", ("option_logprobs", "option_token_counts"), "free",
+               "Malinin & Gales 2021", "the same with per-token (length-normalized) log-likelihoods",
+               computed_by=_BY),
+    SignalSpec("margin", "mc", ("option_logprobs",), "free", OWN,
+               "p(top1) - p(top2) of the option distribution", computed_by=_BY),
+    SignalSpec("entropy", "mc", ("option_logprobs",), "free", OWN,
+               "1 - entropy of the option distribution / log(number of options)", computed_by=_BY),
+)
 
 
 def softmax(x: np.ndarray) -> np.ndarray:

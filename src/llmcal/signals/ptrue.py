@@ -11,11 +11,18 @@ from __future__ import annotations
 
 import math
 
-from llmcal.backends.base import MCRequest
+from llmcal.core.requests import MCRequest
+from llmcal.signals.spec import SignalSpec
 
 PROMPT = ("Question: {question}\nProposed Answer: {answer}\n"
           "Is the proposed answer:\n (A) True\n (B) False\nThe proposed answer is:")
 CONTINUATIONS = (" (A) True", " (B) False")
+
+SPECS = (
+    SignalSpec("ptrue", "open", ("ptrue_scoring",), "+1 scoring pass", "Kadavath et al. 2022",
+               "P(True) that the proposed answer is true, renormalized over True/False", family="ptrue",
+               computed_by="llmcal.signals.ptrue:ptrue_from_logprobs"),
+)
 
 
 def ptrue_request(question: str, answer: str) -> MCRequest:

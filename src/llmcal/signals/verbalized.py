@@ -15,10 +15,24 @@ from __future__ import annotations
 
 import re
 
+from llmcal.signals.spec import SignalSpec
+
 SCALES = {
     "1-10": "On a scale of 1 to 10, how sure are you that your answer is correct? Reply with just the number.",
     "percent": "How sure are you that your answer is correct, from 0% to 100%? Reply with just the percentage.",
 }
+
+#: signal name -> the scale of :data:`SCALES` it asks on (the signal is its own ``--signals`` family)
+SIGNAL_SCALES = {"verbalized": "1-10", "verbalized_percent": "percent"}
+SPECS = (
+    SignalSpec("verbalized", "open", ("followup_generation",), "+1 short generation",
+               "Lin et al. 2022; Tian et al. 2023", "the model's own 1-10 rating of its answer, asked after it",
+               family="verbalized", computed_by="llmcal.signals.verbalized:parse_confidence"),
+    SignalSpec("verbalized_percent", "open", ("followup_generation",), "+1 short generation",
+               "Tian et al. 2023", "the model's own 0-100% rating of its answer, asked after it",
+               family="verbalized_percent", default=False,
+               computed_by="llmcal.signals.verbalized:parse_confidence"),
+)
 
 # Phrases -> confidence, longest first so "not very sure" wins over "very sure".
 _WORDS = [

@@ -52,7 +52,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from llmcal.tasks import builtin_facts as facts
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 
 TASK = "builtin"
 OPEN_TASK = "builtin_open"

@@ -1,7 +1,7 @@
 """The one error a task loader raises: bad input, named down to the file and line.
 
 Every loader validates all of its records before it returns, and a record that
-cannot become an :class:`~llmcal.tasks.item.MCItem` stops the load with a
+cannot become an :class:`~llmcal.core.items.MCItem` stops the load with a
 :class:`TaskError` whose message says where the problem is::
 
     arc_easy_test.jsonl line 17: field 'answerKey' = 'E' is not among the choice labels ['A', 'B', 'C', 'D']

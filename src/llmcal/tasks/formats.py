@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcal.tasks.errors import TaskError
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from llmcal.tasks.errors import TaskError
 from llmcal.tasks.formats import parse_mapping, records_to_items
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 
 
 def hf_source(name: str, split: str, config: str | None = None) -> str:

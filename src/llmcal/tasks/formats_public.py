@@ -25,7 +25,7 @@ from llmcal.tasks.formats import (
     make_item,
     require_str,
 )
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem
 
 
 def _empty(path: Path) -> TaskError:

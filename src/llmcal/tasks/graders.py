@@ -2,7 +2,7 @@
 
 * ``exact_match``: the normalized answer equals a normalized reference
   (SQuAD's normalization, Rajpurkar et al. 2016: lower case, punctuation and
-  the articles a/an/the removed, whitespace collapsed).
+  the articles a/an/the removed, whitespace collapsed; :func:`llmcal.core.text.normalize`).
 * ``contains``: a normalized reference appears in the normalized answer as
   whole words.  Instruction-tuned models answer in sentences ("The capital of
   France is Paris."), which exact match scores as wrong; this is the usual
@@ -23,20 +23,13 @@
 from __future__ import annotations
 
 import re
-import string
 from collections import Counter
 from typing import Callable, Sequence
 
+from llmcal.core.text import normalize  # the one answer-text rule, shared with signals/agreement
+
 F1_THRESHOLD = 0.5
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation + "\u2018\u2019\u201c\u201d")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
-
-
-def normalize(text: str) -> str:
-    """SQuAD normalization: lower case, no punctuation, no articles, single spaces."""
-    text = str(text).lower().translate(_PUNCT)
-    return " ".join(_ARTICLES.sub(" ", text).split())
 
 
 def exact_match(answer: str, references: Sequence[str]) -> bool:

@@ -1,4 +1,4 @@
-"""Open-ended tasks: loaders that return :class:`OpenItem` and the grader each uses.
+"""Loaders of the open-ended tasks: each file -> :class:`OpenItem`, with the grader each uses.
 
 =================  ==========================================  ===========
 task               source (in the data folder)                 grader
@@ -11,33 +11,32 @@ task               source (in the data folder)                 grader
                    Answers)
 =================  ==========================================  ===========
 
-A spec may end in ``@grader`` to grade with another rule
-(``nq_open@exact_match``).  Errors name the file and line.
+These are loaders only, like :mod:`llmcal.tasks.formats_public` for the
+multiple-choice sets: they read a file they are given.  Names, splits, the
+data folder and the ``name@grader`` syntax belong to the one entry point,
+:func:`llmcal.tasks.registry.load_task`.  Errors name the file and line.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
 
+from llmcal.core.items import OpenItem
 from llmcal.tasks.errors import TaskError
 from llmcal.tasks.formats import get_field, iter_csv, iter_jsonl, require_str
 from llmcal.tasks.formats_public import _split_answers
-from llmcal.tasks.graders import GRADERS
-from llmcal.tasks.open_item import OpenItem
-
-OpenLoader = Callable[[Path | None], list[OpenItem]]
 
 
-def _builtin_open(_: Path | None) -> list[OpenItem]:
+def load_builtin_open() -> list[OpenItem]:
+    """The embedded questions as open questions (ids end in ``-open``), graded ``contains``."""
     from llmcal.tasks.builtin import builtin_open_items
 
     return [OpenItem(id=d["id"] + "-open", task=d["task"], question=d["question"], answers=tuple(d["answers"]),
                      grader="contains", meta=d["meta"]) for d in builtin_open_items()]
 
 
-def _nq_open(data_dir: Path | None) -> list[OpenItem]:
-    path = _file(data_dir, "nq_open_dev.jsonl", "nq_open")
+def load_nq_open(path: Path) -> list[OpenItem]:
+    """NQ-open: one ``{"question", "answer": [...]}`` per line, graded ``contains``."""
     items = []
     for n, (line, rec) in enumerate(iter_jsonl(path), 1):
         where = {"source": path, "line": line}
@@ -52,8 +51,8 @@ def _nq_open(data_dir: Path | None) -> list[OpenItem]:
     return items
 
 
-def _gsm8k(data_dir: Path | None) -> list[OpenItem]:
-    path = _file(data_dir, "gsm8k_test.jsonl", "gsm8k")
+def load_gsm8k(path: Path) -> list[OpenItem]:
+    """GSM8K: the reference is the number after ``####`` in the solution, graded ``numeric``."""
     items = []
     for n, (line, rec) in enumerate(iter_jsonl(path), 1):
         where = {"source": path, "line": line}
@@ -67,8 +66,8 @@ def _gsm8k(data_dir: Path | None) -> list[OpenItem]:
     return items
 
 
-def _truthfulqa_gen(data_dir: Path | None) -> list[OpenItem]:
-    path = _file(data_dir, "truthfulqa.csv", "truthfulqa_gen")
+def load_truthfulqa_gen(path: Path) -> list[OpenItem]:
+    """TruthfulQA generation: the best and correct answers against the incorrect ones (``truthful_f1``)."""
     items = []
     for n, (line, row) in enumerate(iter_csv(path, header=True), 1):
         where = {"source": path, "line": line}
@@ -82,45 +81,3 @@ def _truthfulqa_gen(data_dir: Path | None) -> list[OpenItem]:
                               incorrect=tuple(_split_answers(row["Incorrect Answers"])), grader="truthful_f1",
                               meta={"line": line, "category": row.get("Category", "").strip()}))
     return items
-
-
-def _file(data_dir: Path | None, name: str, task: str) -> Path:
-    from llmcal.tasks import registry
-
-    return registry._file(registry.resolve_data_dir(data_dir, task), name, task)
-
-
-#: open task name -> (loader, needs the data folder)
-OPEN_TASKS: dict[str, tuple[OpenLoader, bool]] = {
-    "builtin_open": (_builtin_open, False),
-    "nq_open": (_nq_open, True),
-    "gsm8k": (_gsm8k, True),
-    "truthfulqa_gen": (_truthfulqa_gen, True),
-}
-_ALIASES = {"nq": "nq_open", "nq-open": "nq_open", "truthfulqa_generation": "truthfulqa_gen"}
-
-
-def open_task_name(spec: str) -> str | None:
-    """The open task a spec names (``nq_open``, ``nq_open@exact_match``), or None."""
-    name = spec.strip().split("@")[0].split(":")[0].lower()
-    name = _ALIASES.get(name, name)
-    return name if name in OPEN_TASKS else None
-
-
-def load_open_task(spec: str, data_dir: str | Path | None = None, limit: int | None = None) -> list[OpenItem]:
-    """The items of an open task spec, optionally graded by another rule (``name@grader``)."""
-    name = open_task_name(spec)
-    if name is None:
-        raise TaskError(f"{spec!r} is not an open-ended task; open tasks: {', '.join(OPEN_TASKS)}")
-    grader = spec.split("@", 1)[1].strip() if "@" in spec else None
-    if grader is not None and grader not in GRADERS:
-        raise TaskError(f"task {spec!r}: unknown grader {grader!r}; graders: {', '.join(GRADERS)}")
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise TaskError(f"limit must be a positive whole number, got {limit!r}")
-    loader, _ = OPEN_TASKS[name]
-    items = loader(Path(data_dir) if data_dir else None)
-    if grader is not None:
-        from dataclasses import replace
-
-        items = [replace(it, grader=grader) for it in items]
-    return items if limit is None else items[:limit]

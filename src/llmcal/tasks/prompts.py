@@ -1,4 +1,7 @@
-"""Turn a multiple-choice item into a scoring request, in a named prompt style.
+"""Every prompt a task item is asked in: multiple-choice styles and the open-ended wording.
+
+Multiple choice (:func:`build_request`) turns an item into a scoring request
+in a named style:
 
 * ``cloze`` (lm-eval's ARC/SciQ style): context ``Question: {q}\\nAnswer:`` and
   continuations `` {choice}``; the model's preference among the full answer
@@ -7,19 +10,43 @@
   ends in ``Answer:`` and the continuations are `` A``, `` B``, ...; one row of
   logits scores them all.
 
-Either can go through the model's chat template (``chat=True``): the prompt
-becomes the user message and the continuation follows the assistant header.
+Either can go through the model's chat template (``chat_template``, a
+callable from the user message to the prompt): the prompt becomes the user
+message and the continuation follows the assistant header.
+
+Open-ended (:func:`user_message`, :func:`answer_messages`,
+:func:`followup_messages`): the question is asked with a short instruction
+(:data:`INSTRUCTION`, or :data:`GSM8K_INSTRUCTION` for items graded
+``numeric``, which reason first), as a conversation.  A conversation becomes
+a prompt through a :data:`ChatTemplate`, the one thing a backend contributes
+(its tokenizer's template, or the messages themselves for a server that takes
+them); without one it is written out as plain ``Question:/Answer:`` text
+(:func:`plain_prompt`).  The wording of a signal's own follow-up question
+(verbalized confidence, P(True)) belongs to that signal's module in
+``signals/``; :func:`followup_messages` only places it in the conversation.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Union
 
-from llmcal.backends.base import MCRequest
-from llmcal.tasks.item import MCItem
+from llmcal.core.items import MCItem, OpenItem
+from llmcal.core.requests import MCRequest
 
 STYLES = ("cloze", "letters")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+
+INSTRUCTION = "Answer the question in a few words."
+GSM8K_INSTRUCTION = "Solve the problem step by step, then write 'The answer is <number>.'"
+NO_ANSWER = "(no answer)"  # stands in for an empty answer wherever the model is shown its own reply
+
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": ...}
+Prompt = Union[str, list[Message]]
+#: A conversation -> the prompt a backend is given (a string, or the messages for a server that takes them).
+ChatTemplate = Callable[[list[Message]], Prompt]
+
+
+# --------------------------------------------------------------------------- multiple choice
 
 
 def build_request(
@@ -54,3 +81,60 @@ def normalization_lengths(item: MCItem, style: str) -> list[int]:
     if style == "letters":
         return [1] * len(item.choices)
     return [len(c) for c in item.choices]
+
+
+# --------------------------------------------------------------------------- open-ended
+
+
+def instruction_for(item: OpenItem) -> str:
+    """The instruction an open item is asked with: GSM8K's for ``numeric`` items, else the short one."""
+    return GSM8K_INSTRUCTION if item.grader == "numeric" else INSTRUCTION
+
+
+def user_message(item: OpenItem) -> str:
+    """The question as the user asks it: the instruction (GSM8K's for numeric items), then the question."""
+    return f"{instruction_for(item)}\n\nQuestion: {item.question.strip()}"
+
+
+def answer_messages(item: OpenItem) -> list[Message]:
+    """The conversation that asks for the answer: one user turn."""
+    return [{"role": "user", "content": user_message(item)}]
+
+
+def followup_messages(item: OpenItem, answer: str, question: str) -> list[Message]:
+    """The conversation that asks ``question`` about the model's own ``answer``, in the same chat
+    (the verbalized-confidence follow-up; an empty answer is shown as ``(no answer)``)."""
+    return answer_messages(item) + [
+        {"role": "assistant", "content": answer or NO_ANSWER},
+        {"role": "user", "content": question},
+    ]
+
+
+def plain_prompt(messages: list[Message]) -> str:
+    """A conversation as plain text, for a model without a chat template: each user turn as is,
+    each assistant turn after ``Answer: ``, ending in ``Answer:`` for the reply."""
+    lines = [("Answer: " if m["role"] == "assistant" else "") + m["content"] for m in messages]
+    return "\n".join(lines) + "\nAnswer:"
+
+
+def render(messages: list[Message], chat_template: ChatTemplate | None = None) -> Prompt:
+    """The prompt for ``messages``: ``chat_template(messages)``, or :func:`plain_prompt` without one."""
+    if chat_template is None:
+        return plain_prompt(messages)
+    return chat_template([dict(m) for m in messages])
+
+
+def answer_prompt(item: OpenItem, chat_template: ChatTemplate | None = None) -> Prompt:
+    """The prompt that asks for ``item``'s answer."""
+    return render(answer_messages(item), chat_template)
+
+
+def followup_prompt(item: OpenItem, answer: str, question: str,
+                    chat_template: ChatTemplate | None = None) -> Prompt:
+    """The prompt that asks ``question`` after the model answered ``answer`` (see :func:`followup_messages`)."""
+    return render(followup_messages(item, answer, question), chat_template)
+
+
+__all__ = ["STYLES", "LETTERS", "INSTRUCTION", "GSM8K_INSTRUCTION", "NO_ANSWER", "Message", "Prompt",
+           "ChatTemplate", "build_request", "normalization_lengths", "instruction_for", "user_message",
+           "answer_messages", "followup_messages", "plain_prompt", "render", "answer_prompt", "followup_prompt"]

@@ -1,13 +1,21 @@
-"""Task names -> loaders, and :func:`load_task`, the one entry point the pipeline uses.
+"""Task names -> loaders, and :func:`load_task`, the one entry point for both kinds of task.
 
 A task spec is one of
 
 * a registered name, optionally with a split or subject: ``arc_easy``,
   ``arc_easy:dev``, ``sciq:valid``, ``mmlu``, ``mmlu:anatomy:val`` (see
-  :data:`TASKS` / :func:`available_tasks`);
-* a path to a ``.jsonl``, ``.json`` or ``.csv`` file in the generic format;
+  :data:`TASKS` / :func:`available_tasks` / :func:`describe_tasks`);
+* an open-ended task, optionally graded by another rule than its own:
+  ``nq_open``, ``gsm8k``, ``nq_open@exact_match`` (``name[:split]@grader``,
+  the graders of :mod:`llmcal.tasks.graders`);
+* a path to a ``.jsonl``, ``.json`` or ``.csv`` file in the generic
+  (multiple-choice) format;
 * ``hf:<dataset>[:<split>]`` or ``hf:<dataset>:<config>:<split>``, read with
-  Hugging Face ``datasets``.
+  Hugging Face ``datasets`` (multiple-choice).
+
+Multiple-choice specs load as :class:`~llmcal.core.items.MCItem`, open-ended
+ones as :class:`~llmcal.core.items.OpenItem`; :func:`task_kind` tells which
+without reading any data.
 
 The public sets are read from a data folder: the ``data_dir`` argument, else
 ``$LLMCAL_DATA``, else ``../shared/data`` relative to the working directory.
@@ -17,23 +25,31 @@ from __future__ import annotations
 
 import difflib
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
+from llmcal.core.items import Item, MCItem, OpenItem
+from llmcal.tasks import open_tasks
 from llmcal.tasks.errors import TaskError
-from llmcal.tasks.item import MCItem
 
 DATA_ENV = "LLMCAL_DATA"
 DEFAULT_DATA_DIR = Path("..") / "shared" / "data"
+KINDS = ("mc", "open")
 
 # a loader gets (data folder or None, split, extra spec parts) and returns items
-Loader = Callable[[Path | None, str, list[str]], list[MCItem]]
+Loader = Callable[[Path | None, str, list[str]], Sequence[Item]]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A registered task: how to load it and which splits it has (the first is the default)."""
+    """A registered task: how to load it and which splits it has (the first is the default).
+
+    ``kind`` is ``"mc"`` (items are :class:`MCItem`) or ``"open"`` (:class:`OpenItem`);
+    ``grader`` is an open task's own grading rule (``name@grader`` overrides it);
+    ``files`` are what it reads from the data folder, for :func:`describe_tasks`.
+    """
 
     name: str
     description: str
@@ -41,12 +57,21 @@ class TaskSpec:
     splits: tuple[str, ...] = ()
     split_aliases: Mapping[str, str] = field(default_factory=dict)
     needs_data: bool = True
-    open_ended: bool = False
+    kind: str = "mc"
     files: tuple[str, ...] = ()
+    grader: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"task {self.name!r}: kind must be one of {', '.join(KINDS)}, got {self.kind!r}")
 
     @property
     def default_split(self) -> str:
         return self.splits[0] if self.splits else ""
+
+    @property
+    def open_ended(self) -> bool:
+        return self.kind == "open"
 
 
 # --------------------------------------------------------------------------- loaders
@@ -130,10 +155,19 @@ def _mmlu(data_dir: Path | None, split: str, extra: list[str]) -> list[MCItem]:
     return load_mmlu(root, split=split, subjects=extra or None)
 
 
-def _open_ended(task: str) -> Loader:
-    def load(data_dir: Path | None, split: str, extra: list[str]) -> list[MCItem]:
-        raise TaskError(f"task {task!r} is an open-ended task, not multiple-choice: `llmcal run --tasks {task}` "
-                        "generates and grades answers (llmcal.tasks.open_tasks.load_open_task)")
+def _builtin_open(data_dir: Path | None, split: str, extra: list[str]) -> list[OpenItem]:
+    _no_extra("builtin_open", extra)
+    return open_tasks.load_builtin_open()
+
+
+def _open_file(task: str, stem: str, read: Callable[[Path], list[OpenItem]]) -> Loader:
+    """An open task read by ``read`` (a loader of :mod:`llmcal.tasks.open_tasks`) from the
+    data-folder file ``stem`` (``{split}`` filled in)."""
+
+    def load(data_dir: Path | None, split: str, extra: list[str]) -> list[OpenItem]:
+        _no_extra(task, extra)
+        assert data_dir is not None
+        return read(_file(data_dir, stem.format(split=split), task))
 
     return load
 
@@ -141,7 +175,7 @@ def _open_ended(task: str) -> Loader:
 _DEV = {"validation": "dev", "val": "dev"}
 _VALID = {"validation": "valid", "val": "valid", "dev": "valid"}
 
-#: Every registered task name and how to load it.
+#: Every registered task name and how to load it, multiple-choice first, then open-ended.
 TASKS: dict[str, TaskSpec] = {
     "builtin": TaskSpec("builtin", "embedded questions, no data folder needed", _builtin, needs_data=False),
     "arc_easy": TaskSpec("arc_easy", "ARC-Easy (test 2376, dev 570)", _arc("arc_easy", "arc_easy"),
@@ -159,19 +193,50 @@ TASKS: dict[str, TaskSpec] = {
                      ("test", "val", "dev"), {"validation": "val"}, files=("mmlu/",)),
     "truthfulqa_mc1": TaskSpec("truthfulqa_mc1", "TruthfulQA as MC1: best answer vs incorrect ones (817)",
                                _truthfulqa, ("test",), files=("truthfulqa.csv",)),
-    "gsm8k": TaskSpec("gsm8k", "GSM8K (open-ended, not multiple-choice)", _open_ended("gsm8k"),
-                      ("test",), open_ended=True, files=("gsm8k_test.jsonl",)),
-    "nq_open": TaskSpec("nq_open", "NQ-open (open-ended, not multiple-choice)", _open_ended("nq_open"),
-                        ("dev",), open_ended=True, files=("nq_open_dev.jsonl",)),
+    "builtin_open": TaskSpec("builtin_open", "the embedded questions as open questions (every accepted "
+                             "spelling), no data folder needed", _builtin_open, needs_data=False, kind="open",
+                             grader="contains"),
+    "nq_open": TaskSpec("nq_open", "NQ-open (dev 3610): short factual answers", _open_file(
+                        "nq_open", "nq_open_{split}.jsonl", open_tasks.load_nq_open), ("dev",), _DEV, kind="open",
+                        files=("nq_open_dev.jsonl",), grader="contains"),
+    "gsm8k": TaskSpec("gsm8k", "GSM8K (test 1319): grade-school math, the number after ####",
+                      _open_file("gsm8k", "gsm8k_{split}.jsonl", open_tasks.load_gsm8k), ("test",), kind="open",
+                      files=("gsm8k_test.jsonl",), grader="numeric"),
+    "truthfulqa_gen": TaskSpec("truthfulqa_gen", "TruthfulQA generation: true vs false reference answers (817)",
+                               _open_file("truthfulqa_gen", "truthfulqa.csv", open_tasks.load_truthfulqa_gen),
+                               ("test",), kind="open", files=("truthfulqa.csv",), grader="truthful_f1"),
 }
 _ALIASES = {"arc-easy": "arc_easy", "arc-challenge": "arc_challenge", "commonsense_qa": "commonsenseqa",
             "csqa": "commonsenseqa", "truthfulqa": "truthfulqa_mc1", "truthfulqa-mc1": "truthfulqa_mc1",
-            "nq-open": "nq_open", "nq": "nq_open"}
+            "nq-open": "nq_open", "nq": "nq_open", "truthfulqa_generation": "truthfulqa_gen"}
 
 
-def available_tasks() -> list[str]:
-    """The names :func:`load_task` loads (multiple-choice tasks), in registry order."""
-    return [name for name, spec in TASKS.items() if not spec.open_ended]
+def available_tasks(kind: str | None = None) -> list[str]:
+    """The registered names :func:`load_task` loads, in registry order; only those of ``kind``
+    (``"mc"`` or ``"open"``) when given."""
+    _check_kind(kind)
+    return [name for name, spec in TASKS.items() if kind is None or spec.kind == kind]
+
+
+def describe_tasks(kind: str | None = None) -> list[dict[str, Any]]:
+    """One row per registered task, for ``llmcal tasks``: ``name``, ``kind``, ``description``,
+    ``source`` (the data-folder files it reads, or ``"embedded"``), ``splits``, ``grader``
+    (an open task's own rule, else None) and ``aliases``."""
+    rows = []
+    for name in available_tasks(kind):
+        t = TASKS[name]
+        rows.append({
+            "name": name, "kind": t.kind, "description": t.description,
+            "source": ", ".join(t.files) if t.needs_data else "embedded",
+            "splits": list(t.splits), "grader": t.grader,
+            "aliases": sorted(a for a, n in _ALIASES.items() if n == name),
+        })
+    return rows
+
+
+def _check_kind(kind: str | None) -> None:
+    if kind is not None and kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)} or None, got {kind!r}")
 
 
 def resolve_data_dir(data_dir: str | Path | None = None, task: str | None = None) -> Path:
@@ -207,8 +272,8 @@ def _unknown(name: str) -> TaskError:
     known = list(TASKS)
     close = difflib.get_close_matches(name.lower(), known + list(_ALIASES), n=1, cutoff=0.6)
     hint = f" Did you mean {_ALIASES.get(close[0], close[0])!r}?" if close else ""
-    open_ended = [n for n, t in TASKS.items() if t.open_ended]
-    return TaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(available_tasks())} "
+    open_ended = available_tasks("open")
+    return TaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(available_tasks('mc'))} "
                      f"(open-ended, not multiple-choice: {', '.join(open_ended)}); "
                      "or a .jsonl/.json/.csv file path, or hf:<dataset>[:<split>]")
 
@@ -243,38 +308,116 @@ def _generic(spec: str, data_dir: str | Path | None, mapping: Mapping[str, str] 
     return load_generic(path, mapping=mapping)
 
 
+def _split_name(spec: str) -> tuple[str, list[str], str | None]:
+    """``"nq_open:dev@exact_match"`` -> ``("nq_open", ["dev"], "exact_match")``, the name lower-cased
+    with aliases resolved (not checked against :data:`TASKS`)."""
+    grader = None
+    if "@" in spec:
+        spec, grader = spec.split("@", 1)
+        grader = grader.strip()
+    name, *extra = [p.strip() for p in spec.split(":")]
+    key = name.lower()
+    return _ALIASES.get(key, key), extra, grader
+
+
+def _is_registered(spec: str) -> bool:
+    return _split_name(spec)[0] in TASKS
+
+
+def task_name(spec: str) -> str | None:
+    """The registered task a spec names (aliases resolved; ``nq@exact_match`` -> ``"nq_open"``),
+    or None for a file path, an ``hf:`` dataset or an unknown name.  Reads no data."""
+    spec = spec.strip()
+    if not spec or spec.lower().startswith("hf:"):
+        return None
+    key = _split_name(spec)[0]
+    return key if key in TASKS else None
+
+
+def task_kind(spec: str) -> str:
+    """``"mc"`` or ``"open"``: what :func:`load_task` would return for ``spec``, without reading data.
+
+    Files and ``hf:`` datasets are multiple-choice (the generic format); an
+    unknown name raises the same :class:`TaskError` as :func:`load_task`.
+    """
+    spec = spec.strip()
+    if not spec:
+        raise TaskError("empty task spec; known tasks: " + ", ".join(available_tasks()))
+    name = task_name(spec)
+    if name is not None:
+        return TASKS[name].kind
+    if spec.lower().startswith("hf:") or _looks_like_path(spec):
+        return "mc"
+    raise _unknown(spec.split("@")[0].split(":")[0].strip())
+
+
+def _check_graders(spec: str, items: list[Item]) -> None:
+    """Every open item's grader must be one :mod:`llmcal.tasks.graders` knows (core cannot check it)."""
+    from llmcal.tasks.graders import GRADERS
+
+    for it in items:
+        if isinstance(it, OpenItem) and it.grader not in GRADERS:
+            raise TaskError(f"task {spec!r}: item {it.id!r} names the unknown grader {it.grader!r}; "
+                            f"graders: {', '.join(GRADERS)}")
+
+
+def _wrong_kind(spec: str, key: str | None, kind: str) -> TaskError:
+    if kind == "mc":
+        return TaskError(f"task {key!r} is an open-ended task, not multiple-choice: `llmcal run --tasks {key}` "
+                         "generates and grades answers (llmcal.tasks.registry.load_task)")
+    return TaskError(f"{spec!r} is not an open-ended task; open tasks: {', '.join(available_tasks('open'))}")
+
+
 def load_task(
     spec: str,
     data_dir: str | Path | None = None,
     limit: int | None = None,
     mapping: Mapping[str, str] | str | None = None,
-) -> list[MCItem]:
-    """The items of one task spec (a name, ``name:split``, a file path or ``hf:...``), all validated.
+    *,
+    kind: str | None = None,
+) -> list[MCItem] | list[OpenItem]:
+    """The items of one task spec (a name, ``name:split``, ``name@grader``, a file path or ``hf:...``),
+    all validated: :class:`MCItem` for a multiple-choice task, :class:`OpenItem` for an open one.
 
     ``limit`` keeps the first N items (after every record has been checked).
     ``mapping`` renames the fields of a generic file or ``hf:`` dataset
     (``{"question": "stem", ...}`` or ``"question=stem,..."``); a registered
-    task has fixed fields and refuses one.
+    task has fixed fields and refuses one.  ``@grader`` (open tasks only)
+    grades with another rule of :mod:`llmcal.tasks.graders`.  ``kind``
+    (``"mc"`` or ``"open"``) refuses a spec of the other kind before reading
+    anything, for callers that handle one kind only.
     """
+    _check_kind(kind)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TaskError(f"limit must be a positive whole number, got {limit!r}")
     spec = spec.strip()
     if not spec:
         raise TaskError("empty task spec; known tasks: " + ", ".join(available_tasks()))
     if spec.lower().startswith("hf:"):
-        items = _hf(spec, mapping)
-    elif spec.split(":")[0].lower() not in TASKS and spec.split(":")[0].lower() not in _ALIASES \
-            and _looks_like_path(spec):
+        if kind == "open":
+            raise _wrong_kind(spec, None, "open")
+        items: list[Any] = _hf(spec, mapping)
+    elif not _is_registered(spec) and _looks_like_path(spec):
+        if kind == "open":
+            raise _wrong_kind(spec, None, "open")
         items = _generic(spec, data_dir, mapping)
     else:
-        name, *extra = [p.strip() for p in spec.split(":")]
-        key = name.lower()
-        key = _ALIASES.get(key, key)
+        key, extra, grader = _split_name(spec)
         if key not in TASKS:
-            raise _unknown(name)
+            raise _unknown(spec.split("@")[0].split(":")[0].strip())
         task = TASKS[key]
+        if kind is not None and task.kind != kind:
+            raise _wrong_kind(spec, key, kind)
         if mapping:
             raise TaskError(f"task {key!r}: a field mapping applies only to files and hf: datasets")
+        if grader is not None:
+            from llmcal.tasks.graders import GRADERS
+
+            if task.kind != "open":
+                raise TaskError(f"task {spec!r}: a grader (@{grader}) applies only to open-ended tasks; "
+                                f"open tasks: {', '.join(available_tasks('open'))}")
+            if grader not in GRADERS:
+                raise TaskError(f"task {spec!r}: unknown grader {grader!r}; graders: {', '.join(GRADERS)}")
         split = task.default_split
         if extra and task.splits:
             cand = task.split_aliases.get(extra[-1].lower(), extra[-1].lower())
@@ -282,7 +425,10 @@ def load_task(
                 split, extra = cand, extra[:-1]
             elif key != "mmlu" or len(extra) > 1:
                 raise TaskError(f"task {key!r}: unknown split {extra[-1]!r}; splits: {', '.join(task.splits)}")
-        data = resolve_data_dir(data_dir, key) if task.needs_data and not task.open_ended else None
+        data = resolve_data_dir(data_dir, key) if task.needs_data else None
         assert task.loader is not None
-        items = task.loader(data, split, extra)
+        items = list(task.loader(data, split, extra))
+        if grader is not None:
+            items = [replace(it, grader=grader) for it in items]
+        _check_graders(spec, items)
     return items if limit is None else items[:limit]

@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from llmcal.core.sample import Sample, SampleError
 from llmcal.tasks.errors import TaskError
 from llmcal.tasks.formats import iter_jsonl
 
@@ -85,11 +86,11 @@ def _target(target: Any, conts: list[str], where: dict) -> int:
                     field="target", **where)
 
 
-def read_lmeval_samples(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
-    """llmcal sample records from lm-eval ``samples_*.jsonl`` files (multiple-choice tasks)."""
+def read_lmeval_samples(paths: Iterable[str | Path]) -> list[Sample]:
+    """llmcal sample records from lm-eval ``samples_*.jsonl`` files (multiple-choice tasks), validated."""
     from llmcal.signals.mc import mc_signals
 
-    records: list[dict[str, Any]] = []
+    records: list[Sample] = []
     for path in map(Path, paths):
         if not path.is_file():
             raise TaskError("no such file", source=path)
@@ -109,7 +110,7 @@ def read_lmeval_samples(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
             if "acc" in rec and bool(float(rec["acc"])) != (pred == ref):
                 raise TaskError(f"lm-eval logged acc={rec['acc']} but the log-likelihoods pick option {pred} "
                                 f"and the target is {ref}", field="acc", **where)
-            records.append({
+            record = {
                 "id": f"{task}-{rec.get('doc_id', line)}", "task": task, "prompt": pairs[0][0],
                 "question": pairs[0][0].strip(),
                 "choices": [c.strip() for c in conts], "reference": ref, "reference_text": conts[ref].strip(),
@@ -120,10 +121,41 @@ def read_lmeval_samples(paths: Iterable[str | Path]) -> list[dict[str, Any]]:
                 "option_ntokens": [1] * len(conts), "option_nchars": nchars,
                 "option_is_greedy": [bool(x) for x in greedy], "signals": signals,
                 "meta": {"source": str(path), "line": line, "imported_from": "lm-eval"},
-            })
+            }
+            try:
+                records.append(Sample.from_dict(record, where=f"{path} line {line}"))
+            except SampleError as err:
+                raise TaskError(str(err).split(": ", 1)[-1], **where) from None
         if len(records) == n_before:
             raise TaskError("holds no samples", source=path)
-    ids = [r["id"] for r in records]
+    ids = [r.id for r in records]
     if len(set(ids)) != len(ids):
         raise TaskError("the same task's samples were given twice (two files of one task?)")
     return records
+
+
+def import_lmeval(paths: Iterable[str | Path], config) -> Path | None:
+    """``llmcal import-lmeval``: a run folder from lm-eval's logged samples, calibrated (and reported).
+
+    Every line is checked before anything is written; importing into a folder that already
+    holds samples is refused rather than duplicating them.  Returns the report's path
+    (None with ``config.report`` off).
+    """
+    from llmcal.pipeline.run import calibrate_run, report_run
+    from llmcal.records.run_dir import RunDir
+
+    paths = [str(p) for p in paths]
+    if config.output_path is None:
+        raise ValueError("--output_path: the run folder to create is required")
+    records = read_lmeval_samples(paths)
+    tasks = sorted({r.task for r in records})
+    identity = {"name": Path(config.output_path).name, "model": "lm-eval import",
+                "model_desc": "lm-eval --log_samples", "model_args": {}, "tasks": tasks, "limit": None,
+                "style": "lm-eval", "chat": False, "dtype": "n/a", "hidden_layers": [],
+                "sources": [str(Path(p).resolve()) for p in paths]}
+    run = RunDir(config.output_path)
+    if run.start(identity, ("model", "tasks", "sources"), overwrite=config.overwrite):
+        raise ValueError(f"{run.path} already holds samples; use --overwrite to import again")
+    run.append(records, None)
+    calibrate_run(run, config)
+    return report_run(run) if config.report else None

@@ -11,64 +11,15 @@ Prompts are left-padded and generated as one batch (``n`` samples per prompt
 via ``num_return_sequences``).  Generation stops at the end-of-sequence token,
 at ``max_new_tokens``, or at the first of the ``stop`` strings; text and
 tokens are cut at the same place so the log-probabilities describe exactly
-the returned text.
+the returned text.  :meth:`llmcal.backends.hf.HFBackend.generate` calls this.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Sequence
 
-import numpy as np
-
-# Stop at the end of the first line of an answer unless told otherwise: the
-# open tasks ask for a short answer, and the model otherwise keeps talking.
-DEFAULT_STOP = ("\n",)
-
-
-@dataclass
-class Generation:
-    """One generated answer and its per-token evidence."""
-
-    text: str
-    token_ids: list[int]
-    # token_logprobs/entropies/top_logprobs cover the answer's tokens; an empty
-    # answer keeps the one token that ended it (so every answer has evidence)
-    token_logprobs: np.ndarray  # (n,) float64: log p(token | prefix) at temperature 1
-    entropies: np.ndarray  # (n,) float64: entropy (nats) of the next-token distribution
-    top_logprobs: list[list[tuple[str, float]]] = field(default_factory=list)  # per token, top-k
-    finish_reason: str = "stop"  # "stop" (eos or a stop string) or "length"
-
-    def to_dict(self) -> dict:
-        return {
-            "text": self.text,
-            "token_ids": list(self.token_ids),
-            "token_logprobs": [float(x) for x in self.token_logprobs],
-            "entropies": [float(x) for x in self.entropies],
-            "top_logprobs": [[[t, float(lp)] for t, lp in row] for row in self.top_logprobs],
-            "finish_reason": self.finish_reason,
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Generation":
-        return cls(
-            text=d["text"],
-            token_ids=list(d["token_ids"]),
-            token_logprobs=np.asarray(d["token_logprobs"], dtype=np.float64),
-            entropies=np.asarray(d["entropies"], dtype=np.float64),
-            top_logprobs=[[(t, float(lp)) for t, lp in row] for row in d.get("top_logprobs", [])],
-            finish_reason=d.get("finish_reason", "stop"),
-        )
-
-
-def check_generate_args(temperature: float, n: int) -> None:
-    """The argument rules every backend's ``generate`` shares."""
-    if temperature < 0:
-        raise ValueError(f"temperature: must be >= 0, got {temperature}")
-    if n < 1:
-        raise ValueError(f"n: must be >= 1, got {n}")
-    if temperature == 0 and n > 1:
-        raise ValueError("n > 1 needs temperature > 0 (greedy decoding gives one answer)")
+from llmcal.backends.base import DEFAULT_STOP, check_generate_args
+from llmcal.core.requests import Generation
 
 
 def end_token_ids(backend) -> list[int]:
@@ -89,23 +40,23 @@ def end_token_ids(backend) -> list[int]:
     return ids
 
 
-def _cut_at_stop(backend, ids: list[int], stop: Sequence[str]) -> tuple[int, str, bool]:
+def _cut_at_stop(tokenizer, ids: list[int], stop: Sequence[str]) -> tuple[int, str, bool]:
     """How many tokens to keep so the text ends before the first stop string.
 
     Returns (tokens kept, text, whether a stop string was hit).  A token that
     straddles the stop string is dropped with it.
     """
-    text = backend.tokenizer.decode(ids, skip_special_tokens=True)
+    text = tokenizer.decode(ids, skip_special_tokens=True)
     cut = min((i for i in (text.find(s) for s in stop if s) if i >= 0), default=-1)
     if cut < 0:
         return len(ids), text, False
     keep = len(ids)
-    while keep > 0 and len(backend.tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
+    while keep > 0 and len(tokenizer.decode(ids[:keep], skip_special_tokens=True)) > cut:
         keep -= 1
     return keep, text[:cut], True
 
 
-def generate(
+def generate_hf(
     backend,
     prompts: Sequence[str],
     *,
@@ -116,15 +67,10 @@ def generate(
     top_k: int = 5,
     stop: Sequence[str] | None = DEFAULT_STOP,
 ) -> list[list[Generation]]:
-    """Generate ``n`` answers for each prompt; greedy when ``temperature`` is 0.
+    """Generate ``n`` answers for each prompt with ``backend``'s model; greedy when ``temperature`` is 0.
 
     Returns one list of ``n`` :class:`Generation` per prompt, in prompt order.
-    A backend with its own ``generate`` (the openai backend: the server
-    decodes) is handed the same arguments.
     """
-    if hasattr(backend, "generate"):
-        return backend.generate(prompts, max_new_tokens=max_new_tokens, temperature=temperature, n=n,
-                                seed=seed, top_k=top_k, stop=stop)
     import torch
 
     check_generate_args(temperature, n)
@@ -177,7 +123,7 @@ def generate(
         if ends:
             ids = ids[: min(ends)]
             finish = "stop"
-        keep, text, hit = _cut_at_stop(backend, ids, stop)
+        keep, text, hit = _cut_at_stop(tok, ids, stop)
         if hit:
             finish = "stop"
         # An empty answer (the model stopped at once) keeps the evidence of the

@@ -1,10 +1,11 @@
-"""Input checks shared by every metric.
+"""Input checks shared by the metrics and the calibrators.
 
-Every public metric goes through these, so a bad input fails the same way
-everywhere: a ``ValueError`` that names the argument and says what is wrong
+Every public metric and every calibrator goes through these, so a bad input fails the
+same way everywhere: a ``ValueError`` that names the argument and says what is wrong
 (NaN, infinity, out of [0, 1], wrong shape, mismatched lengths) and where.
 The checks are written to be cheap on 10 million values (a min and a max,
-no temporary arrays) because the metrics themselves are.
+no temporary arrays) because the metrics themselves are.  They live in ``core`` because
+both ``metrics`` and ``calibrators`` need them and neither may import the other.
 """
 
 from __future__ import annotations
