@@ -6,7 +6,7 @@ RUN_DIR is a measured and calibrated run folder (``llmcal run --tasks builtin
 --limit 400 --bootstrap 0 --no_report --output_path RUN_DIR``); its 400 items
 give the preference pairs, and ``check`` uses the built-in items after them
 (``--skip 400``) so nothing trained on is checked.  Each step runs the CLI
-(``python -m llmcal.cli.posttrain_commands``) in a fresh process, writes its
+(``python -m llmcal posttrain``) in a fresh process, writes its
 JSON under ``--out`` and is skipped when that JSON exists, so an interrupted
 benchmark resumes.  At the end a markdown summary is printed (and written to
 ``--out/summary.md``): the numbers recorded in docs/benchmarks.md.
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-CLI = [sys.executable, "-m", "llmcal.cli.posttrain_commands"]
+CLI = [sys.executable, "-m", "llmcal", "posttrain"]
 
 
 def step(name: str, args: list[str], done: Path) -> None:

@@ -238,14 +238,3 @@ def cmd_check(args: argparse.Namespace) -> int:
           f"calibration not generalized: {f['calibration_not_generalized']}")
     print(f"wrote {_write(args.out, 'check.json', res)} ({res['wall_s']} s)")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m llmcal.cli.posttrain_commands STEP ...`` (the same as ``llmcal posttrain STEP ...``)."""
-    from llmcal.cli.main import main as llmcal_main
-
-    return llmcal_main(["posttrain", *(argv if argv is not None else sys.argv[1:])])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

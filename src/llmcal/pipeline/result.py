@@ -21,10 +21,15 @@ class RunResult:
     """A finished (calibrated) run folder, read back."""
 
     path: Path
-    config: dict[str, Any]
-    results: dict[str, Any]
+    config: dict[str, Any] = field(repr=False)
+    results: dict[str, Any] = field(repr=False)
     samples: list[Sample] = field(repr=False)
     calibrations: Any = field(repr=False)  # a CalibrationSet: .primary, .by_name
+
+    def __repr__(self) -> str:
+        cal = self.calibration
+        return (f"RunResult({str(self.path)!r}, {len(self.samples)} samples, accuracy {self.accuracy:.3f}, "
+                f"calibration {cal.calibrator if cal is not None else None!r} on {cal.signal if cal is not None else None!r})")
 
     @property
     def calibration(self):

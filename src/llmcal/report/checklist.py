@@ -62,7 +62,8 @@ def checklist(results: dict[str, Any]) -> list[tuple[str, str]]:
     else:
         errs = results.get("calibrator_errors", {})
         answer = "No calibrator could be fitted: " + "; ".join(f"{k}: {v}" for k, v in errs.items())
-    out.append(("Which temperature fixes it, and by how much?", answer))
+    title = "Which temperature fixes it" if (cname or "temperature") == "temperature" else "Which calibrator fixes it"
+    out.append((f"{title}, and by how much?", answer))
 
     filt = results["filter"].get("calibrated") or results["filter"]["raw"]
     thr = filt["threshold"]

@@ -1,0 +1,7 @@
+"""``python -m llmcal ...`` is the ``llmcal`` console script."""
+
+import sys
+
+from llmcal.cli.main import main
+
+sys.exit(main())
