@@ -70,7 +70,8 @@ def signal_names(samples: Sequence[Sample]) -> list[str]:
     return names
 
 
-def _metrics_with_ci(conf: np.ndarray, correct: np.ndarray, n_bins: int, n_boot: int, seed: int) -> dict:
+def metrics_with_ci(conf: np.ndarray, correct: np.ndarray, n_bins: int, n_boot: int, seed: int) -> dict:
+    """One confidence on the test part in results.json's format: ``summarize`` + bootstrap ``ci95``."""
     out: dict[str, Any] = dict(M.summarize(conf, correct, n_bins=n_bins))
     ci: dict[str, Any] = {}
     if n_boot > 0 and len(conf) > 1:
@@ -221,7 +222,7 @@ def evaluate(
         if kind == "open" and len(t_idx) < 2:
             continue
         with _warnings_off(quiet):
-            results["signals_test"][name] = _metrics_with_ci(conf[name][t_idx], correct[t_idx], n_bins,
+            results["signals_test"][name] = metrics_with_ci(conf[name][t_idx], correct[t_idx], n_bins,
                                                              n_bootstrap, seed)
 
     fit_kw = dict(threshold=threshold, seed=seed, cal_fraction=cal_fraction)
@@ -242,7 +243,7 @@ def evaluate(
         calibrations[cname] = cobj
         calibrated[cname] = full
         with _warnings_off(quiet):
-            results["calibrated_test"][cname] = _metrics_with_ci(full[test_s], correct[test_s], n_bins,
+            results["calibrated_test"][cname] = metrics_with_ci(full[test_s], correct[test_s], n_bins,
                                                                  n_bootstrap, seed)
         results["calibrated_test"][cname]["params"] = cobj.state.to_dict()
 
@@ -317,10 +318,10 @@ def _signal_table(samples: Sequence[Sample], conf: dict[str, np.ndarray], correc
             continue
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            entry["raw"] = _metrics_with_ci(conf[name][t_idx], correct[t_idx], n_bins, n_bootstrap, seed)
+            entry["raw"] = metrics_with_ci(conf[name][t_idx], correct[t_idx], n_bins, n_bootstrap, seed)
             try:
                 cobj = Calibration.fit([samples[i] for i in c_idx], name, recal, **fit_kw)
-                entry["calibrated"] = _metrics_with_ci(cobj.confidences([samples[i] for i in t_idx]),
+                entry["calibrated"] = metrics_with_ci(cobj.confidences([samples[i] for i in t_idx]),
                                                        correct[t_idx], n_bins, n_bootstrap, seed)
                 entry["calibrator"] = cobj.state.to_dict()
             except ValueError as err:  # one class, too few items

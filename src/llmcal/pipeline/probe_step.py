@@ -127,26 +127,14 @@ def write_clean(run_dir: Path, name: str, payload: dict[str, Any]) -> Path:
 
 
 def metrics_block(conf, correct, n_bins: int, n_boot: int, seed: int) -> dict[str, Any]:
-    """One confidence on the test part in results.json's format (``summarize`` + ``ci95``)."""
+    """One confidence on the test part in results.json's format (:func:`~llmcal.pipeline.evaluate.metrics_with_ci`)."""
     import warnings
 
-    import numpy as np
-
-    from llmcal import metrics as M
-    from llmcal.pipeline.evaluate import CI_METRICS
+    from llmcal.pipeline.evaluate import metrics_with_ci
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        out: dict[str, Any] = dict(M.summarize(conf, correct, n_bins=n_bins))
-    ci: dict[str, Any] = {}
-    if n_boot > 0 and len(conf) > 1:
-        for name in CI_METRICS:
-            if name not in M.METRIC_SPECS or (name == "auroc" and len(np.unique(correct)) < 2):
-                continue
-            _, lo, hi = M.bootstrap_ci(name, conf, correct, n_resamples=n_boot, seed=seed, n_bins=n_bins)
-            ci[name] = [lo, hi]
-    out["ci95"] = ci
-    return out
+        return metrics_with_ci(conf, correct, n_bins, n_boot, seed)
 
 
 def combine_run(run_dir: str | Path, pc: ProbeConfig, cal_fraction: float | None = None, seed: int | None = None,
