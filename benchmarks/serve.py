@@ -20,6 +20,13 @@ confidence).  The overhead of the calibrated confidence is given two ways: end t
 (p50 calibrated / p50 plain - 1; noisy on a shared machine) and on the server
 (confidence ms / model ms of the calibrated requests).
 
+With ``--abandon N``, N more clients run alongside that never wait for their answers: each
+sends a long request (free form, ``--abandon_tokens`` tokens) on a raw loopback socket and
+closes the connection after a random 0..``--abandon_after`` s, then comes back after
+0..``--abandon_pause`` s, again and again -- the users who close the tab.  The server drops such a request from its queue without running
+the model (``request.is_disconnected()``); the clients that stay must see 0 failures, and
+their p50/p99 are reported with the server's own counts (``/health``: abandoned, timed out).
+
 Both the number of clients (<= 64) and the time (<= 600 s in all) are bounded.
 Without --run a calibration with temperature 1.5 is written to a temporary run folder.
 """
@@ -31,6 +38,7 @@ import asyncio
 import json
 import os
 import platform
+import random
 import socket
 import subprocess
 import sys
@@ -62,11 +70,13 @@ def _synthetic_run(root: Path) -> Path:
     return run
 
 
-def _start_server(run: Path, port: int, max_queue: int) -> subprocess.Popen:
+def _start_server(run: Path, port: int, max_queue: int, request_timeout: float = 60.0) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k != "LLMCAL_BENCH_NO_KEY"}
     return subprocess.Popen(
         [sys.executable, "-m", "llmcal.cli.serve_commands", "--run", str(run), "--port", str(port),
-         "--max_queue", str(max_queue), "--log_level", "warning", "--api_key_env", "LLMCAL_BENCH_NO_KEY"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+         "--max_queue", str(max_queue), "--log_level", "warning", "--api_key_env", "LLMCAL_BENCH_NO_KEY",
+         "--request_timeout", str(request_timeout)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
 
 
 def _wait_healthy(url: str, proc: subprocess.Popen | None, timeout: float = 300.0) -> dict:
@@ -111,16 +121,51 @@ async def _client(http, url: str, bodies: list[dict], start: int, stop_at: float
         out.append((time.perf_counter() - t0, ok, status, timing))
 
 
-async def _phase(url: str, bodies: list[dict], clients: int, seconds: float) -> tuple[list, float]:
+async def _abandoner(url: str, body: dict, after: float, seed: int, stop_at: float, sent: list,
+                     pause: float = 0.0) -> None:
+    """Send ``body`` on a raw socket and hang up after a random 0..``after`` s, then wait 0..``pause`` s,
+    until ``stop_at``."""
+    parsed = urlparse(url)
+    data = json.dumps(body).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {parsed.hostname}:{parsed.port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n").encode()
+    rng = random.Random(seed)
+    while time.perf_counter() < stop_at:
+        try:
+            reader, writer = await asyncio.open_connection(parsed.hostname, parsed.port)
+        except OSError:
+            await asyncio.sleep(0.05)
+            continue
+        try:
+            writer.write(head + data)
+            await writer.drain()
+            await asyncio.sleep(rng.uniform(0.0, after))
+        finally:
+            writer.close()  # the user closed the tab: the answer, if any, is never read
+            try:
+                await writer.wait_closed()
+            except OSError:
+                pass
+        sent.append(1)
+        if pause:
+            await asyncio.sleep(rng.uniform(0.0, pause))
+
+
+async def _phase(url: str, bodies: list[dict], clients: int, seconds: float, abandon: int = 0,
+                 abandon_body: dict | None = None, abandon_after: float = 0.2,
+                 abandon_pause: float = 0.0) -> tuple[list, float, int]:
     import httpx
 
     out: list = []
+    sent: list = []
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=120, limits=limits) as http:
         t0 = time.perf_counter()
         stop_at = t0 + seconds
-        await asyncio.gather(*[_client(http, url, bodies, k * 7, stop_at, out) for k in range(clients)])
-        return out, time.perf_counter() - t0
+        await asyncio.gather(*[_client(http, url, bodies, k * 7, stop_at, out) for k in range(clients)],
+                             *[_abandoner(url, abandon_body or bodies[0], abandon_after, k, stop_at, sent,
+                                          abandon_pause) for k in range(abandon)])
+        return out, time.perf_counter() - t0, len(sent)
 
 
 def _bodies(kind: str, n: int, max_tokens: int, calibrated: bool) -> list[dict]:
@@ -170,8 +215,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", default="mc,free", help="mc, free or both (default mc,free)")
     ap.add_argument("--max_tokens", type=int, default=16, help="free form: tokens generated at most (default 16)")
     ap.add_argument("--questions", type=int, default=64, help="distinct questions cycled through (default 64)")
+    ap.add_argument("--abandon", type=int, default=0,
+                    help="clients that send long requests and hang up before the answer (default 0)")
+    ap.add_argument("--abandon_after", type=float, default=0.2, help="they hang up after 0..this many s")
+    ap.add_argument("--abandon_tokens", type=int, default=128, help="their free-form requests' max_tokens")
+    ap.add_argument("--abandon_pause", type=float, default=0.5,
+                    help="and come back after 0..this many s (default 0.5; 0 = at once)")
+    ap.add_argument("--request_timeout", type=float, default=60.0, help="the server's --request_timeout")
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args(argv)
+    if not 0 <= args.abandon <= MAX_CLIENTS or not 0 < args.abandon_after <= 10:
+        ap.error(f"--abandon must be in 0..{MAX_CLIENTS} and --abandon_after in (0, 10] s")
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if not 1 <= args.clients <= MAX_CLIENTS:
         ap.error(f"--clients must be in 1..{MAX_CLIENTS}")
@@ -191,26 +245,40 @@ def main(argv: list[str] | None = None) -> int:
         run = Path(args.run) if args.run else _synthetic_run(Path(tmp.name))
         port = _free_port()
         url = f"http://127.0.0.1:{port}"
-        proc = _start_server(run, port, max_queue=args.clients + 4)
+        # room for every client, the abandoning ones too: a failure must mean a wedged server, not a small queue
+        proc = _start_server(run, port, max_queue=args.clients + args.abandon + 4,
+                             request_timeout=args.request_timeout)
     try:
         health = _wait_healthy(url, proc)
-        print(f"server: {health['model']} at {url}; calibration: {json.dumps(health['calibration'])}")
-        print(f"{args.clients} clients, {args.seconds:g} s per kind and mode in {args.rounds} rounds; "
-              f"load average before: {_load()}", flush=True)
+        print(f"server: {health['model']} at {url}; calibration: {json.dumps(health.get('calibration'))}")
+        print(f"{args.clients} clients (+{args.abandon} abandoning), {args.seconds:g} s per kind and mode in "
+              f"{args.rounds} rounds; load average before: {_load()}", flush=True)
+        abandon_body = {"model": "llmcal", "max_tokens": args.abandon_tokens,
+                        "messages": [{"role": "user", "content": "Tell me a long story about calibration."}]}
+        queue_before = health.get("queue", {})
         report: dict = {"date": time.strftime("%Y-%m-%d"), "machine": platform.platform(),
                         "cpus": os.cpu_count(), "load_before": _load(), "args": vars(args), "results": {}}
         for kind in kinds:
             res: dict[str, list] = {"calibrated": [], "plain": []}
             walls = {"calibrated": 0.0, "plain": 0.0}
+            hung_up = {"calibrated": 0, "plain": 0}
             bodies = {m: _bodies(kind, args.questions, args.max_tokens, m == "calibrated") for m in res}
             asyncio.run(_phase(url, bodies["plain"], args.clients, min(3.0, args.seconds / 4)))  # warm-up
             for _ in range(args.rounds):
                 for mode in ("calibrated", "plain"):
-                    out, wall = asyncio.run(_phase(url, bodies[mode], args.clients, args.seconds / args.rounds))
+                    out, wall, n_hung = asyncio.run(_phase(url, bodies[mode], args.clients,
+                                                           args.seconds / args.rounds, args.abandon,
+                                                           abandon_body, args.abandon_after,
+                                                           args.abandon_pause))
                     res[mode] += out
                     walls[mode] += wall
-            report["results"][kind] = {m: _summary(res[m], walls[m]) for m in res}
+                    hung_up[mode] += n_hung
+            report["results"][kind] = {m: {**_summary(res[m], walls[m]), "abandoned_sent": hung_up[m]}
+                                       for m in res}
         report["load_after"] = _load()
+        queue_after = _wait_healthy(url, None).get("queue", {})
+        report["server_queue"] = {k: queue_after.get(k, 0) - queue_before.get(k, 0)
+                                  for k in ("served", "rejected", "timed_out", "abandoned")}
     finally:
         if proc is not None:
             proc.terminate()
@@ -227,14 +295,19 @@ def main(argv: list[str] | None = None) -> int:
 
 def _print(report: dict) -> None:
     print(f"\nload average before {report['load_before']}, after {report['load_after']} ({report['cpus']} CPUs)")
+    if report.get("server_queue"):
+        q = report["server_queue"]
+        print(f"server queue during the test: served {q['served']}, rejected {q['rejected']}, timed out "
+              f"{q['timed_out']}, abandoned (client left; dropped or answer discarded) {q['abandoned']}")
     head = ("kind", "mode", "requests", "failed", "req/s", "p50 ms", "p99 ms", "mean ms", "server model ms",
-            "server confidence ms")
+            "server confidence ms", "hung up")
     rows = []
     for kind, modes in report["results"].items():
         for mode, s in modes.items():
             rows.append((kind, mode, str(s["requests"]), str(s["failed"]), f"{s['rps']:.2f}", f"{s['p50_ms']:.1f}",
                          f"{s['p99_ms']:.1f}", f"{s['mean_ms']:.1f}", f"{s['server_model_ms_mean']:.1f}",
-                         "-" if s["server_confidence_ms_mean"] is None else f"{s['server_confidence_ms_mean']:.3f}"))
+                         "-" if s["server_confidence_ms_mean"] is None else f"{s['server_confidence_ms_mean']:.3f}",
+                         str(s.get("abandoned_sent", 0))))
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
     print(line(head))

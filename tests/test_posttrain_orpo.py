@@ -92,7 +92,10 @@ def test_flags_catch_forgetting_hacking_and_overfitted_calibration():
 
 def test_cli_svd_check_pairs_on_tiny_checkpoints(tmp_path, capsys):
     """`llmcal posttrain svd/check/ablate` on two saved tiny checkpoints (through the CLI's own main)."""
-    from llmcal.cli.posttrain_commands import main
+    from llmcal.cli.main import main as llmcal_main
+
+    def main(argv):  # `llmcal posttrain STEP ...`
+        return llmcal_main(["posttrain", *argv])
     from llmcal.posttrain.orpo import save_checkpoint
 
     tok = tiny_tokenizer()

@@ -94,3 +94,43 @@ def test_resume_keeps_what_the_earlier_run_recorded(tmp_path):
     run.config_path.write_text(json.dumps(cfg))
     run.start({"model": "a", "max_tokens": 512}, ["model"])
     assert run.config()["backend"] == {"n_layers": 30} and run.config()["max_tokens"] == 512
+
+
+def test_writes_are_atomic_tracked_and_locked(tmp_path):
+    import os
+
+    from llmcal.records.run_dir import LOCK, MANIFEST
+
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "m"}, ["model"])
+    run.append([_rec(0)], np.zeros((1, 2, 3), np.float32))
+    run.write_json(run.results_path, {"a": 1})
+    run.write_text(run.report_path, "<html>")
+    manifest = json.loads((run.path / MANIFEST).read_text())
+    assert manifest["created_folder"] is True
+    assert set(manifest["files"]) == {LOCK, "config.json", "samples.jsonl", "hidden_states.bin",
+                                      "hidden_states.json", "results.json", "report.html"}
+    assert not list(run.path.glob("*.tmp"))
+    meta = json.loads(run.hidden_meta_path.read_text())
+    assert len(meta["row_crc32"]) == 1  # one checksum a row
+    with run.lock():
+        assert (run.path / LOCK).read_text().split()[0] == str(os.getpid())
+        with run.lock(exclusive=False), run.lock():  # locks nest within a process
+            assert run.read_samples()
+    assert run.holds_lock() is False
+
+
+def test_clear_removes_only_llmcal_files_and_refuses_a_foreign_folder(tmp_path):
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "m"}, ["model"])
+    run.append([_rec(0)], None)
+    (run.path / "mine.txt").write_text("keep")
+    run.clear()
+    assert {p.name for p in run.path.iterdir()} == {"mine.txt", ".llmcal.lock", ".llmcal-manifest.json"}
+    foreign = RunDir(tmp_path / "f")
+    foreign.path.mkdir()
+    (foreign.path / "config.json").write_text("{}")
+    (foreign.path / "model.safetensors").write_text("w")
+    with pytest.raises(RunDirError, match="not a run folder written by llmcal"):
+        foreign.start({"model": "m"}, ["model"], overwrite=True)
+    assert {p.name for p in foreign.path.iterdir()} == {"config.json", "model.safetensors"}

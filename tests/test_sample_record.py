@@ -94,3 +94,30 @@ def test_append_then_read_gives_the_same_samples(tmp_path):
     samples = [Sample.from_dict(mc_line(i)) for i in range(3)] + [Sample.from_dict(open_line(9))]
     run.append(samples, None)
     assert run.read_samples() == samples
+
+
+@pytest.mark.parametrize("make", [mc_line, open_line])
+def test_item_hash_round_trips_and_is_optional(make):
+    """Issue 14 item 4: the content hash a resumed run re-checks; records from before it have none."""
+    with_hash = make(item_hash="sha256:0123abcd")
+    s = Sample.from_dict(with_hash)
+    assert s.item_hash == "sha256:0123abcd" and "item_hash" not in s.extra
+    assert s.to_dict() == with_hash
+    old = Sample.from_dict(make())
+    assert old.item_hash is None and "item_hash" not in old.to_dict()
+    with pytest.raises(SampleError, match="field 'item_hash': expected a string"):
+        Sample.from_dict(make(item_hash=12))
+
+
+def test_item_hash_follows_the_content_not_the_id():
+    from llmcal.core.items import MCItem, OpenItem
+    from llmcal.pipeline.measure import item_hash
+
+    a = MCItem("x", "t", "Q?", ("a", "b"), 0)
+    assert item_hash(a) == item_hash(MCItem("x", "t", "Q?", ("a", "b"), 0, meta={"line": 9}))
+    for changed in (MCItem("x", "t", "Q?", ("a", "b"), 1), MCItem("x", "t", "Q!", ("a", "b"), 0),
+                    MCItem("x", "t", "Q?", ("a", "c"), 0), MCItem("x", "u", "Q?", ("a", "b"), 0)):
+        assert item_hash(changed) != item_hash(a)
+    o = OpenItem("y", "t", "Capital?", ("Paris",))
+    assert item_hash(o) != item_hash(OpenItem("y", "t", "Capital?", ("Paris",), grader="exact"))
+    assert item_hash(o) != item_hash(OpenItem("y", "t", "Capital?", ("Lyon",)))

@@ -93,3 +93,17 @@ def test_open_prompts_ask_with_the_instruction():
     assert out == "<chat>" and [m["role"] for m in seen[0]] == ["user", "assistant", "user"]
     assert seen[0][1]["content"] == "Paris." and seen[0][2]["content"] == "How sure?"
     assert answer_prompt(item, chat_template=list) == answer_messages(item)  # a server that takes messages
+
+
+def test_letters_go_on_past_z():
+    """Issue 14: 27 or more options in the letters style gave an IndexError; now AA, AB, ..."""
+    from llmcal.tasks.prompts import letter_index, option_letter
+
+    assert [option_letter(i) for i in (0, 25, 26, 27, 51, 52, 701, 702)] == [
+        "A", "Z", "AA", "AB", "AZ", "BA", "ZZ", "AAA"]
+    assert all(letter_index(option_letter(i)) == i for i in range(1000))
+    assert letter_index("a") is None and letter_index("") is None and letter_index("A1") is None
+    item = MCItem("m-1", "m", "Pick", tuple(f"o{i}" for i in range(28)), 27)
+    req = build_request(item, "letters")
+    assert req.continuations[-3:] == (" Z", " AA", " AB") and "\nAB. o27\nAnswer:" in req.context
+    assert normalization_lengths(item, "letters")[-3:] == [1, 2, 2]

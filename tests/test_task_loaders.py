@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -533,3 +534,81 @@ def test_public_open_sets_item_counts_match_the_registry():
         items = load_task(spec, data_dir=SHARED_DATA)
         assert len(items) == n and str(n) in TASKS[spec].description, spec
         assert all(isinstance(it, OpenItem) for it in items) and len({it.id for it in items}) == n
+
+
+# --------------------------------------------------------------------------- issue 14: hostile inputs
+
+
+@pytest.mark.parametrize("answer", [0, 26, "c26", "AA", "A"])
+def test_27_or_more_choices_load_and_letter_past_z(tmp_path, answer):
+    """Old: 27 or more choices gave an IndexError traceback (the letters ran out)."""
+    from llmcal.tasks.prompts import build_request
+
+    p = jsonl(tmp_path / "many.jsonl", [{"question": "Pick one", "choices": [f"c{i}" for i in range(30)],
+                                         "answer": answer}])
+    (item,) = load_task(str(p))
+    assert item.answer == {0: 0, 26: 26, "c26": 26, "AA": 26, "A": 0}[answer]
+    req = build_request(item, "letters")
+    assert req.continuations[25:28] == (" Z", " AA", " AB") and "\nAD. c29\nAnswer:" in req.context
+
+
+def test_a_letter_beyond_the_choices_is_a_clear_error(tmp_path):
+    p = jsonl(tmp_path / "many.jsonl", [{"question": "Pick", "choices": [f"c{i}" for i in range(27)],
+                                         "answer": "AC"}])
+    raises(["many.jsonl line 1", "field 'answer'", "A..AA"], load_task, str(p))
+    p = jsonl(tmp_path / "few.jsonl", [{"question": "Pick", "choices": ["x", "y"], "answer": "AA"}])
+    raises(["few.jsonl line 1", "A..B"], load_task, str(p))
+
+
+def test_a_huge_question_is_refused_naming_the_item_and_the_limit(tmp_path, monkeypatch):
+    """Old: a 5 MB question passed validation, loaded the model, then tried to allocate 1.42 TiB."""
+    from llmcal.tasks.registry import MAX_PROMPT_CHARS, MAX_PROMPT_ENV
+
+    monkeypatch.delenv(MAX_PROMPT_ENV, raising=False)
+    p = jsonl(tmp_path / "big.jsonl", [{"question": "ok?", "choices": ["a", "b"], "answer": 0},
+                                       {"id": "huge", "question": "x" * 5_000_000, "choices": ["a", "b"],
+                                        "answer": 0}])
+    e = raises(["big.jsonl line 2", "'big-huge'", "5000002 characters", f"limit of {MAX_PROMPT_CHARS}",
+                MAX_PROMPT_ENV], load_task, str(p))
+    assert e.line == 2
+    raises(["big-huge"], load_task, str(p), limit=1)  # every item is checked, not just those kept
+    assert len(load_task(str(p), max_prompt_chars=6_000_000)) == 2
+    monkeypatch.setenv(MAX_PROMPT_ENV, "6000000")
+    assert len(load_task(str(p))) == 2
+    monkeypatch.setenv(MAX_PROMPT_ENV, "4")
+    raises(["'big-1'", "5 characters", "limit of 4"], load_task, str(p))  # the choices count too
+    monkeypatch.setenv(MAX_PROMPT_ENV, "lots")
+    raises([MAX_PROMPT_ENV, "'lots'"], load_task, str(p))
+    raises(["max_prompt_chars"], load_task, str(p), max_prompt_chars=0)
+    raises(["builtin_open", "limit of 5"], load_task, "builtin_open", max_prompt_chars=5)  # open tasks too
+
+
+def test_a_huge_question_is_refused_before_the_model_loads(tmp_path, capsys):
+    from llmcal.cli.main import main
+
+    p = jsonl(tmp_path / "big.jsonl", [{"question": "x" * 5_000_000, "choices": ["a", "b"], "answer": 0}])
+    out = tmp_path / "run"
+    t0 = time.perf_counter()
+    assert main(["measure", "--tasks", str(p), "--output_path", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "big-1" in captured.err and "limit of" in captured.err
+    assert "loading" not in captured.out + captured.err and time.perf_counter() - t0 < 20  # no model loaded
+
+
+@pytest.mark.parametrize("spec,words", [
+    ("gsm8k:foo", ["gsm8k", "unknown split 'foo'", "test"]),
+    ("nq_open:/path/file.jsonl", ["nq_open", "'/path/file.jsonl'", "file path", "nq_open_dev.jsonl"]),
+    ("nq_open:data/mine.jsonl", ["file path"]),
+    ("builtin_open:typo", ["builtin_open", "'typo'"]),
+    ("builtin:typo", ["builtin", "'typo'"]),
+    ("builtin_open:", ["builtin_open"]),
+    ("arc_easy:dev:extra", ["arc_easy"]),
+    ("nq_open@contains:x", ["unknown grader"]),
+])
+def test_an_unknown_suffix_after_a_colon_is_refused(spec, words, tmp_path):
+    """Old: ``gsm8k:foo``, ``nq_open:/path/file.jsonl`` and ``builtin_open:typo`` ran the public set."""
+    data = tmp_path / "data"
+    write(data / "gsm8k_test.jsonl", json.dumps({"question": "1+1?", "answer": "#### 2"}) + "\n")
+    write(data / "nq_open_dev.jsonl", json.dumps({"question": "q?", "answer": ["a"]}) + "\n")
+    write(data / "arc_easy_dev.jsonl", json.dumps(arc_rec("x", "AB", "A")) + "\n")
+    raises(words, load_task, spec, data_dir=data)

@@ -16,10 +16,37 @@ the returned text.  :meth:`llmcal.backends.hf.HFBackend.generate` calls this.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from typing import Sequence
 
 from llmcal.backends.base import DEFAULT_STOP, check_generate_args
 from llmcal.core.requests import Generation
+
+_cancel = threading.local()
+
+
+@contextmanager
+def stop_when(event: threading.Event | None):
+    """Within this block, :func:`generate_hf` in this thread stops after the token at which ``event``
+    is set (``llmcal serve``: the client left, or the deadline passed); the answer is cut there."""
+    before = getattr(_cancel, "event", None)
+    _cancel.event = event
+    try:
+        yield
+    finally:
+        _cancel.event = before
+
+
+def _event_stop(event: threading.Event):
+    import torch
+    from transformers import StoppingCriteria
+
+    class _Stop(StoppingCriteria):
+        def __call__(self, input_ids, scores, **kwargs):
+            return torch.full((input_ids.shape[0],), event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+    return _Stop()
 
 
 def end_token_ids(backend) -> list[int]:
@@ -100,6 +127,11 @@ def generate_hf(
     stop = tuple(stop or ())
     if stop:
         kwargs.update(stop_strings=list(stop), tokenizer=tok)  # halt early, not only cut afterwards
+    event = getattr(_cancel, "event", None)
+    if event is not None:
+        from transformers import StoppingCriteriaList
+
+        kwargs["stopping_criteria"] = StoppingCriteriaList([_event_stop(event)])
     if temperature > 0:
         kwargs.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
     else:

@@ -153,12 +153,49 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no calibration file; run `llmcal run` (or `llmcal calibrate`) first")
     try:
-        d = json.loads(path.read_text(encoding="utf-8"))
+        d = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text (byte {err.start}); the calibration file is damaged") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"{path}: JSON nested too deeply to read; the calibration file is damaged") from None
     if not isinstance(d, dict):
         raise ValueError(f"{path}: expected a JSON object")
     return d
+
+
+def _check_state(state: Calibrator, where: str) -> Calibrator:
+    """A loaded calibrator's fitted numbers, checked: finite, and a temperature inside the fit's bounds.
+
+    A hand-edited or damaged calibration.json (``temperature_: -1.5`` inverts every confidence,
+    ``1e-300`` forces them to 0 or 1) is refused on load, naming the file and the field.
+    """
+    for key in state._state:
+        if not hasattr(state, key):
+            continue
+        v = getattr(state, key)
+        if isinstance(v, str):
+            continue
+        try:
+            arr = np.asarray(v, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise ValueError(f"{where}: field 'state.{key}': expected numbers, got {v!r}") from None
+        if isinstance(v, bool) or not np.all(np.isfinite(arr)):
+            raise ValueError(f"{where}: field 'state.{key}': {v!r} is not a finite number")
+    if state.name == "temperature" and hasattr(state, "temperature_"):
+        t = float(state.temperature_)
+        lo, hi = (float(b) for b in state.bounds)
+        lo, hi = max(lo, 1e-3), min(hi, 1e3)  # the file's own bounds could be edited too
+        if not (lo <= t <= hi):
+            raise ValueError(f"{where}: field 'state.temperature_': {t!r} is outside the fitted range "
+                             f"[{lo:g}, {hi:g}] (a temperature must be positive; the file was edited or damaged)")
+    for key in ("values_", "y_thresholds_"):  # histogram / isotonic outputs are probabilities
+        if hasattr(state, key):
+            arr = np.asarray(getattr(state, key), dtype=np.float64)
+            if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+                raise ValueError(f"{where}: field 'state.{key}': values outside [0, 1]")
+    return state
 
 
 def _check_version(d: Mapping[str, Any], where: str) -> None:
@@ -417,6 +454,7 @@ class Calibration:
                 state = calibrator_from_dict(dict(d["state"]))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{where}: field 'state': {err}") from None
+            _check_state(state, where)
         for key in ("fitted_on", "context"):
             if d.get(key) is not None and not isinstance(d[key], Mapping):
                 raise ValueError(f"{where}: field {key!r}: expected an object")
@@ -543,6 +581,7 @@ class CalibrationSet:
                 state = calibrator_from_dict(dict(sd))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{where}: field 'calibrators.{name}': {err}") from None
+            _check_state(state, f"{where}: calibrators.{name}")
             by_name[str(name)] = Calibration(signal=signal, calibrator=state.name, state=state, kind=kind,
                                              threshold=threshold, context=dict(context))
         primary = d.get("primary")
@@ -555,6 +594,7 @@ class CalibrationSet:
                 state = calibrator_from_dict(dict(gen["calibrator"]))
             except (ValueError, TypeError) as err:
                 raise ValueError(f"{where}: field 'generation.calibrator': {err}") from None
+            _check_state(state, f"{where}: generation.calibrator")
             # free-form answers were generated through the chat template unless the run said otherwise
             chat = gen.get("chat", d.get("chat", True) if kind == "open" else True)
             fitted_on = {"cal_auroc": gen["cal_auroc"]} if gen.get("cal_auroc") is not None else {}

@@ -158,8 +158,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished items are saved; run the same command again to resume", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, ConnectionError) as err:  # ConnectionError: a model server failed
-        print(f"llmcal {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, OSError) as err:  # OSError: a missing file, a full disk; ConnectionError: a server failed
+        msg = str(err)
+        if isinstance(err, OSError) and getattr(err, "filename", None) and str(err.filename) not in msg:
+            msg = f"{err.filename}: {err.strerror or msg}"
+        print(f"llmcal {args.command}: error: {msg or type(err).__name__}", file=sys.stderr)
+        return 2
+    except RecursionError:  # JSON nested 100,000 deep, read somewhere that did not name the file
+        print(f"llmcal {args.command}: error: an input is nested too deeply to read", file=sys.stderr)
         return 2
 
 

@@ -44,7 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=8000)
     s.add_argument("--api_key_env", "--api-key-env", default="LLMCAL_API_KEY",
                    help="environment variable holding the API key; when it is set, /v1/* need it "
-                        "(default LLMCAL_API_KEY)")
+                        "(default LLMCAL_API_KEY; set but empty = refused, the server does not start)")
+    s.add_argument("--request_timeout", "--request-timeout", type=float, default=60.0,
+                   help="seconds a request may take from its arrival, waiting included; later ones get 504 "
+                        "(default 60)")
+    s.add_argument("--allowed_hosts", "--allowed-hosts", default=None,
+                   help="comma-separated Host names the server answers to ('*' = any); default: "
+                        "127.0.0.1,localhost,::1 on a loopback --host (DNS rebinding), any otherwise")
     s.add_argument("--max_queue", "--max-queue", type=int, default=16,
                    help="requests allowed to wait for the model; more get 503 (default 16)")
     s.add_argument("--max_prompt_chars", "--max-prompt-chars", type=int, default=8000,
@@ -79,8 +85,35 @@ def build_answerer(args: argparse.Namespace):
         raise ValueError("--upstream_args needs --upstream URL")
     from llmcal.serve.answerer import Answerer
 
+    # an upstream (--upstream, or a run made with --model openai) must not hold the only worker past the
+    # request deadline: each attempt gets half of it, wall-clock, and there is one retry
+    budget = getattr(args, "request_timeout", None) or 60.0
+    defaults = {"timeout": max(1.0, budget / 2), "max_retries": 1}
     return Answerer.load(run, parse_model_args(args.model_args) if not upstream else None, high=args.high,
-                         abstain=args.threshold, use_probe=not args.no_probe, upstream=upstream)
+                         abstain=args.threshold, use_probe=not args.no_probe, upstream=upstream,
+                         upstream_defaults=defaults)
+
+
+def api_key_from_env(name: str) -> str | None:
+    """The API key in ``$name``; None when unset.  Set but empty (or only spaces) is refused: it would
+    otherwise turn authentication off without a word."""
+    if name not in os.environ:
+        return None
+    key = os.environ[name]
+    if not key.strip():
+        raise ValueError(f"${name} is set but empty: set it to the API key, or unset it to serve without one "
+                         "(an empty key would turn authentication off)")
+    return key
+
+
+def parse_allowed_hosts(text: str | None, host: str) -> list[str] | None:
+    """``--allowed_hosts`` as a list (None = any Host); the loopback names by default on a loopback ``host``."""
+    if text is None:
+        return list(LOOPBACK) if host in LOOPBACK else None
+    names = [h.strip() for h in text.split(",") if h.strip()]
+    if not names:
+        raise ValueError("--allowed_hosts: give host names (comma-separated) or '*'")
+    return None if "*" in names else names
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -88,13 +121,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port: {args.port} is not a TCP port")
     if args.max_queue < 0 or args.max_prompt_chars < 1:
         raise ValueError("--max_queue must be >= 0 and --max_prompt_chars >= 1")
+    if not (args.request_timeout > 0 and args.request_timeout < float("inf")):
+        raise ValueError(f"--request_timeout must be a number of seconds > 0, got {args.request_timeout}")
+    api_key = api_key_from_env(args.api_key_env)
+    allowed_hosts = parse_allowed_hosts(args.allowed_hosts, args.host)
     try:
         import uvicorn
 
         from llmcal.serve.app import create_app
     except ImportError as err:
         raise ValueError(f"llmcal serve needs the serve extra: pip install 'llmcal[serve]' ({err})") from None
-    api_key = os.environ.get(args.api_key_env) or None
     if api_key is None and args.host not in LOOPBACK:
         print(f"llmcal serve: warning: listening on {args.host} without an API key (set {args.api_key_env})",
               file=sys.stderr)
@@ -102,7 +138,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmcal.serve.answerer import Query
 
     answerer.answer(Query("Warm-up?", ["yes", "no"]))  # the first call pays for lazy set-up, not a user
-    app = create_app(answerer, api_key=api_key, max_prompt_chars=args.max_prompt_chars, max_queue=args.max_queue)
+    app = create_app(answerer, api_key=api_key, max_prompt_chars=args.max_prompt_chars, max_queue=args.max_queue,
+                     request_timeout=args.request_timeout, allowed_hosts=allowed_hosts)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"llmcal serve: {answerer.model_name} on http://{host}:{args.port}/ "
           f"({'API key required' if api_key else 'no API key'})", flush=True)

@@ -75,6 +75,9 @@ class Sample:
     cost: dict[str, Any] = field(default_factory=dict)
     # anything else a stage recorded (sampled answers, cluster ids, verbalized replies)
     extra: dict[str, Any] = field(default_factory=dict)
+    # content hash of the item as it was scored (question, options/answers, reference, grader, task):
+    # a resumed run re-checks it; absent in records written before it existed (then not checked)
+    item_hash: str | None = None
 
     # ------------------------------------------------------------ what it is
     @property
@@ -98,6 +101,8 @@ class Sample:
         if self.is_mc and self.missing:
             out["missing"] = list(self.missing)
         out.update(self.extra)
+        if self.item_hash is not None:
+            out["item_hash"] = self.item_hash
         if self.hidden_row is not None:
             out["hidden_row"] = self.hidden_row
         return out
@@ -121,8 +126,9 @@ class Sample:
             prediction_text=r.text("prediction_text", default=""), correct=r.boolean("correct"),
             signals=r.signals(), meta=r.mapping("meta"), missing=r.names("missing"),
             hidden_row=r.index("hidden_row", optional=True),
+            item_hash=r.text("item_hash", default=None) if d.get("item_hash") is not None else None,
         )
-        known = set(_COMMON) | {"v", "missing", "hidden_row"}
+        known = set(_COMMON) | {"v", "missing", "hidden_row", "item_hash"}
         if kind == "mc":
             s.choices = r.texts("choices", min_len=2)
             k = len(s.choices)

@@ -154,8 +154,17 @@ def import_lmeval(paths: Iterable[str | Path], config) -> Path | None:
                 "style": "lm-eval", "chat": False, "dtype": "n/a", "hidden_layers": [],
                 "sources": [str(Path(p).resolve()) for p in paths]}
     run = RunDir(config.output_path)
-    if run.start(identity, ("model", "tasks", "sources"), overwrite=config.overwrite):
-        raise ValueError(f"{run.path} already holds samples; use --overwrite to import again")
-    run.append(records, None)
-    calibrate_run(run, config)
-    return report_run(run) if config.report else None
+    if config.overwrite:
+        run.check_overwrite()  # a folder llmcal did not make is refused before anything changes
+    with run.lock():
+        had_config = run.config_path.exists() and not config.overwrite
+        try:
+            if run.start(identity, ("model", "tasks", "sources"), overwrite=config.overwrite):
+                raise ValueError(f"{run.path} already holds samples; use --overwrite to import again")
+            run.append(records, None)
+        except BaseException:
+            if not had_config:
+                run.discard_start()
+            raise
+        calibrate_run(run, config)
+        return report_run(run) if config.report else None

@@ -7,15 +7,52 @@ items are all done never loads the model.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from llmcal.core.sample import Sample
-from llmcal.records.run_dir import RunDir
+from llmcal.records.run_dir import RunDir, RunDirError
 from llmcal.signals.mc import mc_signals
 from llmcal.core.items import MCItem
 from llmcal.tasks.prompts import build_request, normalization_lengths
+
+
+def item_hash(item) -> str:
+    """A content hash of what decides an item's prompt and grade: task, question, options or
+    accepted answers, the reference, the grader.  Stored with each sample; a resumed run whose
+    item changed under the same id is refused (:func:`check_resume`)."""
+    if getattr(item, "kind", "mc") == "mc":
+        content: dict[str, Any] = {"task": item.task, "question": item.question, "choices": list(item.choices),
+                                   "answer": int(item.answer)}
+    else:
+        content = {"task": item.task, "question": item.question, "answers": list(item.answers),
+                   "grader": item.grader, "incorrect": list(item.incorrect)}
+    blob = json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8")
+    return "sha256:" + hashlib.sha256(blob).hexdigest()[:32]
+
+
+def check_resume(run: RunDir, done: Sequence[Sample], items: Sequence[Any]) -> None:
+    """Refuse to resume when the items under the recorded ids changed (an edited task file, another
+    ``--data_dir``) or recorded items are no longer asked for; names the first few ids."""
+    by_id = {it.id: it for it in items}
+    changed = [s.id for s in done if s.id in by_id and s.item_hash is not None
+               and s.item_hash != item_hash(by_id[s.id])]
+    gone = [s.id for s in done if s.id not in by_id]
+
+    def few(ids: list[str]) -> str:
+        return ", ".join(repr(i) for i in ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+
+    if changed:
+        raise RunDirError(f"{run.samples_path}: {len(changed)} item(s) changed since they were scored "
+                          f"({few(changed)}): the task file or --data_dir differs from the earlier run; "
+                          "use --overwrite to score them again, or another --output_path")
+    if gone:
+        raise RunDirError(f"{run.samples_path}: {len(gone)} recorded item(s) are no longer among the tasks' items "
+                          f"({few(gone)}): the task file or --data_dir differs from the earlier run; "
+                          "use --overwrite to start again, or another --output_path")
 
 
 def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int | None) -> Sample:
@@ -49,6 +86,7 @@ def sample_record(item: MCItem, context: str, score, style: str, hidden_row: int
     }
     if hidden_row is not None:
         rec["hidden_row"] = hidden_row
+    rec["item_hash"] = item_hash(item)
     return Sample.from_dict(rec, where=f"item {item.id!r} (task {item.task})")
 
 
@@ -77,7 +115,9 @@ def measure(
     progress: bool = True,
 ) -> int:
     """Score the items not yet recorded; return how many were scored now."""
-    done = {s.id for s in run.repair()}
+    recorded = run.repair()
+    check_resume(run, recorded, items)
+    done = {s.id for s in recorded}
     n_done = len(done)
     todo = [it for it in items if it.id not in done]
     if not todo:

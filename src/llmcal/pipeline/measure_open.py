@@ -110,9 +110,11 @@ def measure_open(
     embedder_factory: Callable[[], Any] | None = None,
 ) -> int:
     """Answer the items not yet recorded; return how many were answered now."""
-    from llmcal.pipeline.measure import _progress
+    from llmcal.pipeline.measure import _progress, check_resume
 
-    done = {s.id for s in run.repair()}
+    recorded = run.repair()
+    check_resume(run, recorded, items)
+    done = {s.id for s in recorded}
     todo = [it for it in items if it.id not in done]
     if not todo:
         return 0
@@ -141,6 +143,7 @@ def measure_open(
 def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=None,
                  seed: int = 0) -> list[Sample]:
     """Every record for one batch of items (see the module docstring), validated as Samples."""
+    from llmcal.pipeline.measure import item_hash
     from llmcal.signals.generation import token_signals
 
     vocab = backend.vocab_size  # None over an API
@@ -166,7 +169,7 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
             "answers": list(it.answers), "grader": it.grader, "prediction_text": g.text,
             "correct": bool(grade(it.grader, g.text, it.answers, it.incorrect)),
             "finish_reason": g.finish_reason, "n_tokens": len(g.token_ids),
-            "signals": {}, "missing": [], "meta": it.meta, "cost": cost[i],
+            "signals": {}, "missing": [], "meta": it.meta, "cost": cost[i], "item_hash": item_hash(it),
         })
         if "tokens" in s.families:
             records[i]["signals"].update(token_signals(g, vocab))

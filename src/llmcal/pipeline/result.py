@@ -59,7 +59,9 @@ def load_run(path: str | Path) -> RunResult:
     from llmcal.calibrators.calibration import CalibrationSet
 
     run = RunDir(path)
-    config = run.config()
-    results = read_results(run.results_path)
-    cals = CalibrationSet.load(run.calibration_path) if run.calibration_path.exists() else None
-    return RunResult(path=run.path, config=config, results=results, samples=run.read_samples(), calibrations=cals)
+    with run.lock(exclusive=False):  # refused while another process writes the folder
+        config = run.config()
+        results = read_results(run.results_path)
+        cals = CalibrationSet.load(run.calibration_path) if run.calibration_path.exists() else None
+        return RunResult(path=run.path, config=config, results=results, samples=run.read_samples(),
+                         calibrations=cals)

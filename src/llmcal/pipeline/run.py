@@ -141,19 +141,56 @@ def load_items(config: RunConfig) -> list:
     return items
 
 
+def check_model_path(margs: dict[str, Any]) -> None:
+    """A ``pretrained=`` that is written as a path (``/x``, ``./x``, ``~/x``) must exist: found before any work."""
+    for key in ("pretrained", "tokenizer"):
+        value = margs.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        if value.startswith(("/", "./", "../", "~")) and not Path(value).expanduser().exists():
+            raise ValueError(f"--model_args {key}={value}: no such file or folder")
+
+
+def run_folder(config: RunConfig) -> RunDir:
+    """The run folder a config writes (``output_path``, or ``runs/<name derived from the config>``)."""
+    if config.output_path:
+        return RunDir(config.output_path)
+    kind = task_kind(config)
+    return RunDir(Path("runs") / run_identity(config, backend_args(config), kind)["name"])
+
+
 # ------------------------------------------------------------------ stages
 def measure_run(config: RunConfig) -> RunDir:
-    """Stage 1: score (or answer) every item not yet recorded; returns the run folder."""
+    """Stage 1: score (or answer) every item not yet recorded; returns the run folder.
+
+    Holds the folder's exclusive lock throughout.  A start that fails before any sample
+    is written (a bad model path, ``--hidden_layers 99``, a refused backend argument)
+    leaves no config.json behind, so the corrected command starts cleanly.
+    """
     kind = task_kind(config)
     check_capabilities(config, kind)
     margs = backend_args(config)
+    check_model_path(margs)
     identity = run_identity(config, margs, kind)
     items = load_items(config)  # every item validated before the model is loaded
     run = RunDir(config.output_path or Path("runs") / identity["name"])
     keys = IDENTITY_KEYS + (("open_settings",) if kind == "open" else ())
-    resumed = run.start(identity, keys, overwrite=config.overwrite)
+    if config.overwrite:
+        run.check_overwrite()  # a folder llmcal did not make is refused before the lock file goes in
+    with run.lock():
+        had_config = run.config_path.exists()
+        try:
+            _measure(run, config, kind, margs, identity, items, keys)
+        except BaseException:
+            if not had_config:
+                run.discard_start()
+            raise
+    return run
 
-    def factory():
+
+def _measure(run: RunDir, config: RunConfig, kind: str, margs: dict[str, Any], identity: dict[str, Any],
+             items: list, keys: tuple[str, ...]) -> None:
+    def load():
         from llmcal.backends.registry import load_backend
 
         if config.model == "hf":
@@ -165,6 +202,15 @@ def measure_run(config: RunConfig) -> RunDir:
         backend = load_backend(config.model, **kwargs)
         if kind == "mc" and "hidden_states" in backend.capabilities:
             backend.set_hidden_layers(resolve_layers(identity["hidden_layers"], backend.n_layers))
+        return backend
+
+    # --overwrite rescores everything: the model is loaded (and its layers checked) before the
+    # earlier run's files are removed, so a model that fails to load costs nothing
+    preloaded = load() if config.overwrite else None
+    resumed = run.start(identity, keys, overwrite=config.overwrite)
+
+    def factory():
+        backend = preloaded if preloaded is not None else load()
         meta = run.config()
         meta["model_desc"] = backend.model_name
         meta["backend"] = backend.describe()
@@ -186,11 +232,15 @@ def measure_run(config: RunConfig) -> RunDir:
 
         n_new = measure(run, items, factory, style=config.style, chat=config.chat, progress=not config.quiet)
         _say(config, f"scored {n_new} new items in {time.perf_counter() - start:.1f} s ({len(items)} in the run)")
-    return run
 
 
 def calibrate_run(run: RunDir, config: RunConfig) -> dict[str, Any]:
     """Stage 2: split, fit the calibrators, measure before/after; writes results.json and calibration.json."""
+    with run.lock():
+        return _calibrate(run, config)
+
+
+def _calibrate(run: RunDir, config: RunConfig) -> dict[str, Any]:
     from llmcal.pipeline.evaluate import evaluate
     from llmcal.records.results import results_payload
 
@@ -220,7 +270,10 @@ def save_calibrations(run: RunDir, run_config: dict[str, Any], calibrations: dic
     from llmcal.calibrators.calibration import CalibrationSet
 
     primary = (results.get("primary") or {}).get("calibrator")
-    CalibrationSet.of_run(calibrations, primary, run_config, run.path).save(run.calibration_path)
+    import json
+
+    cset = CalibrationSet.of_run(calibrations, primary, run_config, run.path)
+    run.write_bytes(run.calibration_path, json.dumps(cset.to_dict(), indent=2, allow_nan=False).encode("utf-8"))
 
 
 def probe_run(run: RunDir, config: RunConfig) -> dict[str, Any] | None:
@@ -230,7 +283,9 @@ def probe_run(run: RunDir, config: RunConfig) -> dict[str, Any] | None:
     from llmcal.pipeline.probe_step import combine_run
 
     say = (lambda m: None) if config.quiet else (lambda m: print(m, flush=True))
-    return combine_run(run.path, config.probe, config.cal_fraction, config.seed, config.bootstrap, say=say)
+    with run.lock():
+        run.track("probe.json", "probe.npz", "probe_results.json")
+        return combine_run(run.path, config.probe, config.cal_fraction, config.seed, config.bootstrap, say=say)
 
 
 def report_run(run: RunDir) -> Path:
@@ -238,17 +293,31 @@ def report_run(run: RunDir) -> Path:
     from llmcal.records.results import read_results
     from llmcal.report.html import render_html
 
-    results = read_results(run.results_path)
-    run.report_path.write_text(render_html(results, results.get("config", {})), encoding="utf-8")
+    with run.lock():
+        results = read_results(run.results_path)
+        try:
+            html = render_html(results, results.get("config", {}))
+        except (KeyError, TypeError, AttributeError, IndexError) as err:
+            what = f"field {err.args[0]!r} is missing" if isinstance(err, KeyError) and err.args else str(err)
+            raise ValueError(f"{run.results_path}: cannot be reported: {what} (a results.json from another "
+                             f"llmcal version, or edited by hand?); rerun `llmcal calibrate {run.path}`") from None
+        run.write_text(run.report_path, html)
     return run.report_path
 
 
 def run(config: RunConfig) -> RunResult:
-    """Do a whole run and return what it left: results, samples, the fitted calibration, paths."""
-    folder = measure_run(config)
-    calibrate_run(folder, config)
-    probe_run(folder, config)
-    if config.report:
-        path = report_run(folder)
-        _say(config, f"report: {path}")
-    return load_run(folder.path)
+    """Do a whole run and return what it left: results, samples, the fitted calibration, paths.
+
+    The run folder stays locked from the first stage to the last, so no other writer slips in between.
+    """
+    folder = run_folder(config)
+    if config.overwrite:
+        folder.check_overwrite()
+    with folder.lock():
+        folder = measure_run(config)
+        calibrate_run(folder, config)
+        probe_run(folder, config)
+        if config.report:
+            path = report_run(folder)
+            _say(config, f"report: {path}")
+        return load_run(folder.path)

@@ -8,7 +8,6 @@ the run's config and the calibration settings, then the metric sections.
 
 from __future__ import annotations
 
-import json
 import math
 import platform
 import subprocess
@@ -77,11 +76,32 @@ def results_payload(config: dict[str, Any], sections: dict[str, Any],
     return payload
 
 
+#: The sections every results.json holds, and their JSON types (what the report and load_run read).
+REQUIRED_SECTIONS: dict[str, type] = {"overall": dict, "split": dict, "signals_test": dict,
+                                      "calibrated_test": dict, "primary": dict}
+
+
 def read_results(path: Path) -> dict[str, Any]:
-    """A results.json, or a clear error naming it."""
+    """A results.json, checked, or a clear error naming it (and the field) instead of a KeyError later."""
+    from llmcal.records.run_dir import read_json_file
+
+    path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found; run `llmcal calibrate {path.parent}` first")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno})") from None
+    d = read_json_file(path, "results file")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(d).__name__}")
+    version = d.get("schema_version", SCHEMA_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version > SCHEMA_VERSION:
+        raise ValueError(f"{path}: field 'schema_version': {version!r}; this llmcal reads up to {SCHEMA_VERSION}")
+    for key, kind in REQUIRED_SECTIONS.items():
+        if key not in d:
+            raise ValueError(f"{path}: field {key!r}: missing (a results.json from another llmcal version, or "
+                             f"edited by hand?); rerun `llmcal calibrate {path.parent}`")
+        if not isinstance(d[key], kind):
+            raise ValueError(f"{path}: field {key!r}: expected a JSON {kind.__name__.replace('dict', 'object')}, "
+                             f"got {type(d[key]).__name__}")
+    acc = d["overall"].get("accuracy")
+    if isinstance(acc, bool) or not isinstance(acc, (int, float)):
+        raise ValueError(f"{path}: field 'overall.accuracy': expected a number, got {acc!r}")
+    return d

@@ -16,23 +16,46 @@ a calibrating proxy).  It answers a :class:`Query` with a :class:`Reply`; the HT
   answers are sampled and the distinct ones, with their frequency, are the alternatives.
 
 ``confidence=False`` skips everything after the model call (the benchmark's "plain" mode).
+
+What the model gives back is checked before it is used: log-probabilities must be finite
+numbers, one per option.  From an upstream server, anything else -- a JSON list where an
+object belongs, NaN or string log-probabilities, missing fields -- is an
+:class:`UpstreamError` (the HTTP layer's 502, naming the upstream), never the client's fault.
+A :class:`Query` may carry a ``deadline`` (``time.monotonic()``): no model call starts after it
+(:class:`DeadlineExceeded`).
 """
 
 from __future__ import annotations
 
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from llmcal.backends.base import Backend
+import numpy as np
+
+from llmcal.backends.base import Backend, BackendCapabilityError
+from llmcal.backends.openai.retry import APIError
 from llmcal.backends.registry import load_backend
 from llmcal.policy import Decision, Thresholds, decide
 from llmcal.serve.saved import Confidence, SavedCalibration
 
 #: How many options a multiple-choice question may have (the letters style names them A..Z).
 MAX_OPTIONS = 26
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before the next model call could start."""
+
+
+class UpstreamError(APIError):
+    """An upstream server answered something llmcal cannot use (a 502, naming the upstream)."""
+
+
+class ModelOutputError(RuntimeError):
+    """The local model produced scores that are not finite numbers."""
 
 
 @dataclass
@@ -45,6 +68,8 @@ class Query:
     samples: int = 0  # free form: extra sampled answers for the alternatives
     seed: int = 0
     confidence: bool = True  # False: the answer only (no calibration, no policy)
+    deadline: float | None = None  # time.monotonic() after which no model call starts
+    cancelled: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)  # client left
 
 
 @dataclass
@@ -175,12 +200,15 @@ class Answerer:
     @classmethod
     def load(cls, run: str | Path | None = None, model_args: dict[str, Any] | None = None,
              high: float | None = None, abstain: float | None = None, use_probe: bool = True,
-             upstream: dict[str, Any] | None = None) -> "Answerer":
+             upstream: dict[str, Any] | None = None,
+             upstream_defaults: dict[str, Any] | None = None) -> "Answerer":
         """The run's model with the run's calibration.
 
         ``run=None``: ``model_args``' model (empty: the embedded one), uncalibrated.
         ``upstream``: ``load_backend("openai", ...)`` arguments (``base_url``, ``model``,
         ``api_key_env``, ...): that server answers, the run calibrates (it should be the same model's run).
+        ``upstream_defaults``: arguments for a server that answers (``timeout``, ``max_retries``) where
+        neither ``upstream`` nor the run's model args set them.
         """
         saved = SavedCalibration.from_run(run, use_probe=use_probe) if run else SavedCalibration.none()
         margs = dict(saved.model_args)
@@ -190,7 +218,9 @@ class Answerer:
                                  "belongs to the model it was fitted on; serve that run's model or another run")
             margs.update(model_args)
         if upstream or "base_url" in margs:  # a server answers (--upstream, or a run made with --model openai)
-            args = upstream or {k: v for k, v in margs.items() if k != "batch_size"}
+            args = dict(upstream or {k: v for k, v in margs.items() if k != "batch_size"})
+            for k, v in (upstream_defaults or {}).items():
+                args.setdefault(k, v)
             backend = load_backend("openai", **args)
         else:
             backend = load_backend("hf", **margs)
@@ -215,6 +245,58 @@ class Answerer:
             return self._multiple_choice(q)
         return self._free_form(q)
 
+    @property
+    def upstream(self) -> str | None:
+        """The upstream server's URL when a server answers (the openai backend), else None."""
+        if self.backend.name != "openai":
+            return None
+        return str(getattr(self.backend, "base_url", None) or "the upstream server")
+
+    def _call(self, q: Query, what: str, fn, *args, **kwargs):
+        """One model call: not after ``q.deadline``; an upstream's unreadable answer -> :class:`UpstreamError`."""
+        if q.deadline is not None and time.monotonic() >= q.deadline:
+            raise DeadlineExceeded(f"the deadline passed before {what}")
+        if q.cancelled.is_set():
+            raise DeadlineExceeded(f"the client left before {what}")
+        try:
+            return fn(*args, **kwargs)
+        except (APIError, BackendCapabilityError, DeadlineExceeded):
+            raise
+        except (ValueError, TypeError, KeyError, IndexError, AttributeError, ArithmeticError) as err:
+            if self.upstream is None:
+                raise
+            raise UpstreamError(f"{self.upstream} answered {what} with something llmcal cannot use "
+                                f"({type(err).__name__}: {err})") from err
+
+    def _bad_output(self, message: str) -> Exception:
+        if self.upstream is not None:
+            return UpstreamError(f"{self.upstream} answered {message}")
+        return ModelOutputError(f"the model produced {message}")
+
+    def _check_score(self, score, k: int):
+        try:
+            lp = np.asarray(score.logprobs, dtype=np.float64)
+            nt = np.asarray(score.n_tokens)
+        except (TypeError, ValueError, AttributeError) as err:
+            raise self._bad_output(f"the options' log-probabilities with non-numbers ({err})") from None
+        if lp.shape != (k,) or nt.shape != (k,):
+            raise self._bad_output(f"{lp.size} log-probabilities for {k} options")
+        if not np.isfinite(lp).all() or (lp > 1e-3).any():
+            raise self._bad_output(f"log-probabilities that are not finite numbers <= 0: {lp.tolist()}")
+        return score
+
+    def _check_generation(self, gen):
+        text = getattr(gen, "text", None)
+        if not isinstance(text, str):
+            raise self._bad_output(f"an answer that is not text ({type(text).__name__})")
+        try:
+            lp = np.asarray(gen.token_logprobs, dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise self._bad_output(f"token log-probabilities with non-numbers ({err})") from None
+        if lp.ndim != 1 or not np.isfinite(lp).all() or (lp > 1e-3).any():
+            raise self._bad_output("token log-probabilities that are not finite numbers <= 0")
+        return gen
+
     def _count_tokens(self, text: str) -> int:
         return self.backend.count_tokens(text) or 0  # an API backend cannot tell: 0, not known
 
@@ -229,7 +311,10 @@ class Answerer:
         chat = self.backend.apply_chat_template if self.saved.chat else None
         req = build_request(item, self.saved.style, chat)
         t0 = time.perf_counter()
-        (score,) = self.backend.score_mc([req])
+        scores = self._call(q, "the scoring request", self.backend.score_mc, [req])
+        if not isinstance(scores, (list, tuple)) or len(scores) != 1:
+            raise self._bad_output("the scoring request with the wrong number of scores")
+        score = self._check_score(scores[0], len(options))
         timing = {"model": _ms(t0)}
         t1 = time.perf_counter()
         sample = hidden = positions = None
@@ -240,7 +325,8 @@ class Answerer:
             rows, positions = hidden_rows([score])  # (1, n_positions * n_kept, hidden)
             hidden = rows[0]
         probe_ms = _ms(t1)
-        reply = mc_reply(q, options, score.logprobs, score.n_tokens, self.saved, self.thresholds, timing,
+        reply = mc_reply(q, options, np.asarray(score.logprobs, dtype=np.float64), score.n_tokens, self.saved,
+                         self.thresholds, timing,
                          self._count_tokens(req.context), sample, hidden, positions)
         if "confidence" in reply.timing_ms:  # the probe's inputs are part of what the confidence costs
             reply.timing_ms["confidence"] = round(reply.timing_ms["confidence"] + probe_ms, 3)
@@ -262,20 +348,32 @@ class Answerer:
             return msgs[last]["content"], ("\n",)
         return chat_prompt(self.backend, msgs, self.saved.gen_chat), ("\n",)
 
-    def _generate(self, prompt: str, **kwargs) -> list:
-        return self.backend.generate([prompt], **kwargs)[0]
+    def _generate(self, q: Query, prompt: str, **kwargs) -> list:
+        from llmcal.backends.hf_generation import stop_when
+
+        with stop_when(q.cancelled):  # a local model stops generating once the client has left
+            out = self._call(q, "the generation request", self.backend.generate, [prompt], **kwargs)
+        try:
+            (gens,) = out
+            gens = list(gens)
+        except (TypeError, ValueError):
+            raise self._bad_output("the generation request with the wrong number of answers") from None
+        return [self._check_generation(g) for g in gens]
 
     def _free_form(self, q: Query) -> Reply:
         prompt, stop = self._prompt(q)
         t0 = time.perf_counter()
-        (g,) = self._generate(prompt, max_new_tokens=q.max_tokens, temperature=q.temperature, n=1, seed=q.seed,
+        gens = self._generate(q, prompt, max_new_tokens=q.max_tokens, temperature=q.temperature, n=1, seed=q.seed,
                               top_k=5, stop=stop)
+        if len(gens) != 1:
+            raise self._bad_output(f"{len(gens)} answers where 1 was asked for")
+        g = gens[0]
         timing = {"model": _ms(t0)}
         usage = {"prompt_tokens": self._count_tokens(prompt), "completion_tokens": len(g.token_logprobs),
                  "finish_reason": g.finish_reason or "stop"}
 
         def sample(n: int, temperature: float) -> list[str]:
-            more = self._generate(prompt, max_new_tokens=q.max_tokens, temperature=temperature, n=n,
+            more = self._generate(q, prompt, max_new_tokens=q.max_tokens, temperature=temperature, n=n,
                                   seed=q.seed + 1, top_k=0, stop=stop)
             return [m.text for m in more]
 

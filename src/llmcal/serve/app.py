@@ -3,45 +3,97 @@
 =========================  ==============================================================
 ``POST /v1/chat/completions``  OpenAI's chat.completion, plus a ``confidence`` object
 ``POST /v1/ask``               ``{question, choices?}`` -> ``{answer, confidence, ...}``
-``GET /health``                model, calibration, queue; no key needed
+``GET /health``                model, calibration, queue; no key needed (no paths, no URLs)
 ``GET /``                      the web page (``page.html``, self-contained)
 =========================  ==============================================================
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "code"}}``: 400 for what the
-model cannot do with a well-formed request, 502 when an upstream server fails.
-Limits, in the order they are checked: the API key (401; ``Authorization: Bearer KEY`` or
-``X-API-Key: KEY``, compared in constant time), the body size (413 from
+model cannot do with a well-formed request, 502 when an upstream server fails or answers
+something llmcal cannot use (naming the upstream), 504 past the request deadline.
+Limits, in the order they are checked: the ``Host`` header (400 unless in
+``allowed_hosts``, when given: DNS rebinding), the API key (401; ``Authorization: Bearer
+KEY`` or ``X-API-Key: KEY``, compared in constant time), the body size (413 from
 ``Content-Length`` before the body is read), the body's shape (422, pydantic), the prompt's
 length in characters (413), and the queue: the model runs on one worker thread; a request
 that would make more than ``max_queue`` wait behind the running one is answered 503 with
 ``Retry-After`` (seconds, from the recent service time) instead of piling up.
-Every model response carries ``Server-Timing: model;dur=..., confidence;dur=...``.
+
+Nothing can wedge the worker for long (:class:`ModelQueue`): every request has a deadline
+(``request_timeout`` seconds from its arrival, waiting included: 504 after it, and a request
+whose deadline passed while it waited never runs), and a request whose client has gone away
+(``request.is_disconnected()``, checked while it waits and again just before the model
+starts) leaves the queue without running.  A model call already running cannot be
+interrupted; it finishes in the background and holds the worker until then, so the queue
+stays honest about the work in hand.
+
+Every response carries security headers (:data:`SECURITY_HEADERS`: a Content-Security-Policy
+that allows only the page's own inline script and style and same-origin requests,
+``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+no-referrer``); every model response carries ``Server-Timing: model;dur=...,
+confidence;dur=...``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import logging
 import math
+import re
 import time
 import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmcal.backends.openai.retry import APIError
-from llmcal.serve.answerer import MAX_OPTIONS, Query, Reply
+from llmcal.serve.answerer import MAX_OPTIONS, DeadlineExceeded, Query, Reply
+
+log = logging.getLogger("llmcal.serve")
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_NEW_TOKENS = 512
 MAX_SAMPLES = 16
+#: ``seed`` is a 32-bit unsigned number less the samples that follow it (sample ``s`` uses ``seed + s``).
+MAX_SEED = 2**32 - 1 - (MAX_SAMPLES + 1)
+#: Seconds a request may take from its arrival (waiting for the worker included) before it is answered 504.
+REQUEST_TIMEOUT = 60.0
+#: Host names a loopback server answers to (``allowed_hosts``; anything else is refused: DNS rebinding).
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+        "img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'")
+# FastAPI's /docs and /redoc load their assets from a CDN
+_DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+             "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; img-src 'self' data: https:; "
+             "connect-src 'self'; worker-src blob:; base-uri 'none'; frame-ancestors 'none'")
+#: Sent with every response (``/docs`` and ``/redoc`` get a CSP that allows FastAPI's CDN).
+SECURITY_HEADERS = {
+    "content-security-policy": _CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+}
+
+
+def _not_blank(text: str) -> str:
+    if not text.strip():
+        raise ValueError("must not be empty or only spaces")
+    return text
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
 
 
 # ------------------------------------------------------------------ request bodies
@@ -70,7 +122,7 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")  # OpenAI clients send top_p, user, ... : accepted, unused
     max_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(0.0, ge=0.0, le=2.0)
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     samples: int = Field(0, ge=0, le=MAX_SAMPLES,
                          description="llmcal: free form only, this many extra sampled answers become the "
                                      "alternatives (distinct answers with their frequency)")
@@ -83,14 +135,14 @@ class ChatRequest(_Common):
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
     n: int = Field(1, ge=1, le=1)
     stream: Literal[False] = False
-    options: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
+    options: list[NonBlank] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
                                       description="llmcal: multiple choice; the question is the last user "
                                                   "message and the answer is one of these")
 
 
 class AskRequest(_Common):
-    question: str = Field(min_length=1)
-    choices: list[str] | None = Field(None, min_length=2, max_length=MAX_OPTIONS)
+    question: NonBlank = Field(min_length=1)
+    choices: list[NonBlank] | None = Field(None, min_length=2, max_length=MAX_OPTIONS)
 
 
 # ------------------------------------------------------------------ errors
@@ -125,53 +177,253 @@ class _BodyLimit:
         await self.app(scope, limited, send)
 
 
+def _host_name(host: str) -> str:
+    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``, ``"[::1]:8000"`` -> ``"::1"``, lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:host.find("]")] if "]" in host else host
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+class _Guard:
+    """ASGI middleware (pure, so that ``request.is_disconnected()`` sees the real connection):
+    the security headers on every response, the ``Host`` check, and on ``/v1/*`` the API key and
+    the ``Content-Length`` limit, all before the body is read."""
+
+    def __init__(self, app, key: bytes | None, max_body: int, allowed_hosts: tuple[str, ...] | None) -> None:
+        self.app = app
+        self.key = key
+        self.max_body = int(max_body)
+        self.allowed_hosts = allowed_hosts
+
+    def authorized(self, headers: Headers) -> bool:
+        """A request that carries the key (always True when the server has none)."""
+        if self.key is None:
+            return True
+        auth = headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else headers.get("x-api-key", "")
+        return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), self.key)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope.get("path", "")
+        csp = _DOCS_CSP if path in ("/docs", "/redoc") else _CSP
+
+        async def secured(message):
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                for name, value in SECURITY_HEADERS.items():
+                    if name not in headers:
+                        headers[name] = csp if name == "content-security-policy" else value
+            await send(message)
+
+        headers = Headers(scope=scope)
+        refusal = None
+        if self.allowed_hosts is not None and "*" not in self.allowed_hosts:
+            host = _host_name(headers.get("host", ""))
+            if host not in self.allowed_hosts:
+                refusal = _error(400, f"Host {host or '(none)'!r} is not served here (allowed: "
+                                      f"{', '.join(self.allowed_hosts)}; llmcal serve --allowed_hosts)",
+                                 "invalid_request_error", "host_not_allowed")
+        if refusal is None and path.startswith("/v1/"):
+            if not self.authorized(headers):
+                refusal = _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
+                                 "invalid_request_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+            else:
+                length = headers.get("content-length")
+                if length is not None and length.isdigit() and int(length) > self.max_body:
+                    refusal = _error(413, f"request body of {length} bytes is over the limit of {self.max_body}",
+                                     "invalid_request_error", "body_too_large")
+        if refusal is not None:
+            return await refusal(scope, receive, secured)
+        await self.app(scope, receive, secured)
+
+
 class _Refused(Exception):
     def __init__(self, response: JSONResponse) -> None:
         self.response = response
 
 
 # ------------------------------------------------------------------ the worker
-class ModelQueue:
-    """One worker thread for the model; at most ``max_queue`` requests wait behind the running one."""
+class _Gone(Exception):
+    """The client went away before its answer was ready."""
 
-    def __init__(self, max_queue: int) -> None:
+
+class _Late(Exception):
+    """The request's deadline passed (``running``: while the model was working on it)."""
+
+    def __init__(self, running: bool) -> None:
+        self.running = running
+
+
+class _Job:
+    __slots__ = ("turn", "holds")
+
+    def __init__(self) -> None:
+        self.turn = asyncio.Event()  # set when this job may use the worker
+        self.holds = False  # it holds the worker (until released)
+
+
+class ModelQueue:
+    """One worker thread for the model; at most ``max_queue`` requests wait behind the running one.
+
+    The waiting line is FIFO and lives on the event loop: a request leaves it when its deadline
+    passes (504) or its client disconnects, without ever reaching the model; both are checked
+    again at the moment its turn comes, before the model starts.  ``poll_s``: how often a waiting
+    or running request looks at its deadline and its connection.
+    """
+
+    def __init__(self, max_queue: int, poll_s: float = 0.05) -> None:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
+        if not poll_s > 0:
+            raise ValueError(f"poll_s must be > 0, got {poll_s}")
         self.max_queue = int(max_queue)
+        self.poll_s = float(poll_s)
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmcal-model")
-        self.in_flight = 0  # running + waiting; touched only on the event loop
+        self._waiting: deque[_Job] = deque()  # touched only on the event loop
+        self._busy = False
         self.served = 0
         self.rejected = 0
+        self.timed_out = 0
+        self.abandoned = 0  # clients that left: dropped before the model ran, or the answer discarded
         self.avg_s = 0.5  # recent service time (exponential average), for Retry-After
 
-    def retry_after(self) -> int:
-        return max(1, math.ceil(self.avg_s * self.in_flight))
+    @property
+    def in_flight(self) -> int:
+        """Running (or finishing for a client that left) + waiting."""
+        return len(self._waiting) + int(self._busy)
 
-    async def run(self, fn, *args):
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    def retry_after(self) -> int:
+        return max(1, math.ceil(self.avg_s * max(self.in_flight, 1)))
+
+    def stats(self) -> dict[str, int]:
+        return {"in_flight": self.in_flight, "max_queue": self.max_queue, "served": self.served,
+                "rejected": self.rejected, "timed_out": self.timed_out, "abandoned": self.abandoned}
+
+    def _next(self) -> None:
+        while not self._busy and self._waiting:
+            job = self._waiting.popleft()
+            self._busy = job.holds = True
+            job.turn.set()
+
+    def _release(self, job: _Job) -> None:
+        if job.holds:
+            job.holds = False
+            self._busy = False
+            self._next()
+
+    def _leave(self, job: _Job) -> None:
+        if job in self._waiting:
+            self._waiting.remove(job)
+        self._release(job)
+
+    @staticmethod
+    def _late(deadline: float | None) -> bool:
+        return deadline is not None and time.monotonic() >= deadline
+
+    def _timeout(self, deadline: float | None) -> float:
+        return self.poll_s if deadline is None else max(0.0, min(self.poll_s, deadline - time.monotonic()))
+
+    async def run(self, fn, *args, deadline: float | None = None,
+                  gone: Callable[[], Awaitable[bool]] | None = None):
+        """``fn(*args)`` on the worker; :class:`_Late` after ``deadline`` (``time.monotonic()``),
+        :class:`_Gone` when ``gone()`` says the client left, 503 (:class:`_Refused`) when full."""
         if self.in_flight > self.max_queue:  # one running and max_queue waiting already
             self.rejected += 1
             raise _Refused(_error(503, f"the server is busy ({self.in_flight - 1} requests waiting, the limit is "
                                        f"{self.max_queue}); retry later", "server_busy", "queue_full",
                                   headers={"Retry-After": str(self.retry_after())}))
-        self.in_flight += 1
+        job = _Job()
+        self._waiting.append(job)
+        self._next()
+        turn = asyncio.ensure_future(job.turn.wait())
         try:
-            loop = asyncio.get_running_loop()
-            t0 = time.perf_counter()
-            out = await loop.run_in_executor(self.executor, fn, *args)
+            while not job.turn.is_set():
+                await asyncio.wait({turn}, timeout=self._timeout(deadline))
+                if job.turn.is_set():
+                    break
+                if self._late(deadline):
+                    raise _Late(running=False)
+                if gone is not None and await gone():
+                    raise _Gone()
+            # our turn: look once more before the model starts
+            if self._late(deadline):
+                raise _Late(running=False)
+            if gone is not None and await gone():
+                raise _Gone()
+        except BaseException as err:
+            turn.cancel()
+            self._leave(job)
+            if isinstance(err, _Late):
+                self.timed_out += 1
+            elif isinstance(err, _Gone):
+                self.abandoned += 1
+            raise
+        loop = asyncio.get_running_loop()
+        t0 = time.perf_counter()
+        fut = loop.run_in_executor(self.executor, fn, *args)
+
+        def finished(f: asyncio.Future) -> None:
             self.avg_s = 0.8 * self.avg_s + 0.2 * (time.perf_counter() - t0)
-            self.served += 1
-            return out
-        finally:
-            self.in_flight -= 1
+            if not f.cancelled():
+                f.exception()  # retrieved: a request that left must not log "never retrieved"
+            self._release(job)
+
+        fut.add_done_callback(finished)  # before anyone awaits it: released before the caller resumes
+        while True:
+            done, _ = await asyncio.wait({fut}, timeout=self._timeout(deadline))
+            if done:
+                out = fut.result()
+                self.served += 1
+                return out
+            if self._late(deadline):
+                self.timed_out += 1
+                raise _Late(running=True)
+            if gone is not None and await gone():
+                self.abandoned += 1
+                raise _Gone()
+
+
+def _public(text: Any) -> Any:
+    """``text`` without URLs or folder paths (for callers without the key): ``"m (via http://h/v1)"`` ->
+    ``"m"``, ``"/models/qwen"`` -> ``"qwen"``, ``"org/name"`` -> ``"name"``."""
+    if not isinstance(text, str):
+        return text
+    text = re.sub(r"\s*\(via [^)]*\)", "", text)
+    text = re.sub(r"[A-Za-z][A-Za-z0-9+.-]*://\S*", "<url>", text)
+    # any word with a slash in it is a path (or an org/name id): its last part only
+    return re.sub(r"[^\s/\\]*[/\\]\S*", lambda m: re.split(r"[/\\]", m.group(0).rstrip("/\\"))[-1] or "<path>",
+                  text)
+
+
+def _scrub(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _scrub(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_scrub(v) for v in obj]
+    return _public(obj)
 
 
 # ------------------------------------------------------------------ the app
 def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 8000, max_queue: int = 8,
-               max_body_bytes: int | None = None) -> FastAPI:
+               max_body_bytes: int | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
+               allowed_hosts: Iterable[str] | None = None, poll_s: float = 0.05) -> FastAPI:
     """The FastAPI app around ``answerer`` (anything with ``answer(Query) -> Reply``, ``model_name``,
-    ``describe()``).  ``api_key``: required on ``/v1/*`` when set.  ``max_prompt_chars``: the
-    question (all messages) and options together.  ``max_queue``: requests allowed to wait."""
-    queue = ModelQueue(max_queue)
+    ``describe()``).  ``api_key``: required on ``/v1/*`` when given (an empty one is refused).
+    ``max_prompt_chars``: the question (all messages) and options together.  ``max_queue``: requests
+    allowed to wait.  ``request_timeout``: seconds from arrival to answer (504 after; None = no
+    deadline).  ``allowed_hosts``: the ``Host`` names served (None or ``"*"``: any)."""
+    if api_key is not None and not str(api_key).strip():
+        raise ValueError("the API key is empty: give a key, or none to serve without one")
+    if request_timeout is not None and not request_timeout > 0:
+        raise ValueError(f"request_timeout must be > 0 seconds (or None), got {request_timeout}")
+    queue = ModelQueue(max_queue, poll_s=poll_s)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -182,25 +434,12 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
                   version="1", lifespan=lifespan)
     key = api_key.encode() if api_key else None
     max_body = max_body_bytes or (16 * max_prompt_chars + 65536)  # JSON escapes can take 6 bytes a character
+    hosts = None if allowed_hosts is None else tuple(_host_name(h) if h != "*" else h for h in allowed_hosts)
     app.add_middleware(_BodyLimit, limit=max_body)
+    app.add_middleware(_Guard, key=key, max_body=max_body, allowed_hosts=hosts)  # outermost
+    guard = _Guard(None, key, max_body, hosts)  # for authorized()
     app.state.queue = queue
     app.state.answerer = answerer
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        if request.url.path.startswith("/v1/"):
-            if key is not None:
-                auth = request.headers.get("authorization", "")
-                given = auth[7:].strip() if auth[:7].lower() == "bearer " else request.headers.get("x-api-key", "")
-                if not hmac.compare_digest(given.encode(), key):
-                    return _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
-                                  "invalid_request_error", "invalid_api_key",
-                                  headers={"WWW-Authenticate": "Bearer"})
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > max_body:
-                return _error(413, f"request body of {length} bytes is over the limit of {max_body}",
-                              "invalid_request_error", "body_too_large")
-        return await call_next(request)
 
     @app.exception_handler(_Refused)
     async def refused(_request: Request, exc: _Refused):
@@ -209,6 +448,9 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_request: Request, exc: StarletteHTTPException):
         code = {401: "invalid_api_key", 404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
+        if exc.status_code == 400 and "parsing the body" in str(exc.detail):  # FastAPI: e.g. JSON nested too deep
+            return _error(422, "body: not JSON that can be read (nested too deeply?)", "invalid_request_error",
+                          "invalid_body")
         return _error(exc.status_code, str(exc.detail), "invalid_request_error", code.get(exc.status_code),
                       headers=getattr(exc, "headers", None))
 
@@ -226,31 +468,61 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
             raise _Refused(_error(413, f"the prompt has {n} characters; the limit is {max_prompt_chars}",
                                   "invalid_request_error", "prompt_too_long"))
 
-    async def run(q: Query) -> tuple[Reply, dict[str, str]]:
+    def deadline() -> float | None:
+        return None if request_timeout is None else time.monotonic() + request_timeout
+
+    def late(running: bool) -> _Refused:
+        what = ("the model was still working on it; its answer is dropped" if running
+                else "it was still waiting for the model, and was dropped without running")
+        return _Refused(_error(504, f"the request did not finish within {request_timeout:g} s (the server's "
+                                    f"request timeout; {what}); retry later or ask for less", "timeout",
+                               "request_timeout", headers={"Retry-After": str(queue.retry_after())}))
+
+    async def run(q: Query, request: Request) -> tuple[Reply, dict[str, str]]:
         try:
-            reply = await queue.run(answerer.answer, q)
+            reply = await queue.run(answerer.answer, q, deadline=q.deadline, gone=request.is_disconnected)
+        except (_Late, _Gone) as err:
+            q.cancelled.set()  # a model call still running makes no further ones for this request
+            if isinstance(err, _Gone):
+                raise _Refused(_error(499, "the client closed the connection", "client_closed",
+                                      "client_closed")) from None
+            raise late(err.running) from None
+        except DeadlineExceeded:
+            raise late(True) from None
+        except APIError as err:  # the upstream server failed (after its retries), or answered nonsense
+            raise _Refused(_error(502, f"the upstream server failed: {err}", "upstream_error", "bad_gateway")) from None
         except ValueError as err:  # what the model cannot do with this request
             raise _Refused(_error(400, str(err), "invalid_request_error", "unsupported")) from None
-        except APIError as err:  # the upstream server failed (after its retries)
-            raise _Refused(_error(502, f"the upstream server failed: {err}", "upstream_error", "bad_gateway")) from None
+        except _Refused:
+            raise
+        except Exception as err:  # noqa: BLE001 - a bug or a model failure: a clear 500, never a traceback
+            log.exception("llmcal serve: the model failed on a request")
+            raise _Refused(_error(500, f"the model failed on this request ({type(err).__name__}); see the server "
+                                       "log", "server_error", "internal_error")) from None
         timing = ", ".join(f"{k};dur={v}" for k, v in reply.timing_ms.items())
         return reply, ({"Server-Timing": timing} if timing else {})
+
+    def public_name() -> str:
+        return _public(answerer.model_name)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-cache"})
 
     @app.get("/health")
-    async def health():
-        return {"status": "ok", "model": answerer.model_name, "auth": key is not None,
-                "queue": {"in_flight": queue.in_flight, "max_queue": queue.max_queue, "served": queue.served,
-                          "rejected": queue.rejected},
+    async def health(request: Request):
+        """Open to all, without folder paths or upstream URLs; those only with the key (when one is set)."""
+        full = key is not None and guard.authorized(request.headers)
+        calibration = answerer.describe()
+        return {"status": "ok", "model": answerer.model_name if full else public_name(), "auth": key is not None,
+                "queue": queue.stats(),
                 "limits": {"max_prompt_chars": max_prompt_chars, "max_tokens": MAX_NEW_TOKENS,
-                           "max_options": MAX_OPTIONS, "max_samples": MAX_SAMPLES},
-                "calibration": answerer.describe()}
+                           "max_options": MAX_OPTIONS, "max_samples": MAX_SAMPLES,
+                           "request_timeout_s": request_timeout},
+                "calibration": calibration if full else _scrub(calibration)}
 
     @app.post("/v1/chat/completions")
-    async def chat_completions(body: ChatRequest):
+    async def chat_completions(body: ChatRequest, request: Request):
         texts = [m.text() for m in body.messages]
         check_size(texts + list(body.options or []))
         users = [t for m, t in zip(body.messages, texts) if m.role == "user"]
@@ -259,13 +531,13 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
         q = Query(question=users[-1], options=body.options,
                   messages=[{"role": m.role, "content": t} for m, t in zip(body.messages, texts)],
                   max_tokens=body.max_completion_tokens or body.max_tokens or 64, temperature=body.temperature,
-                  samples=body.samples, seed=body.seed, confidence=body.confidence)
-        reply, headers = await run(q)
+                  samples=body.samples, seed=body.seed, confidence=body.confidence, deadline=deadline())
+        reply, headers = await run(q, request)
         out: dict[str, Any] = {
             "id": f"chatcmpl-{uuid.uuid4().hex}",
             "object": "chat.completion",
             "created": int(time.time()),
-            "model": answerer.model_name,
+            "model": public_name(),
             "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content()},
                          "logprobs": None, "finish_reason": reply.finish_reason}],
             "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
@@ -274,20 +546,30 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
         conf = reply.confidence_dict()
         if conf is not None:
             out["confidence"] = conf
-        return JSONResponse(out, headers=headers)
+        return _respond(out, headers)
 
     @app.post("/v1/ask")
-    async def ask(body: AskRequest):
+    async def ask(body: AskRequest, request: Request):
         check_size([body.question] + list(body.choices or []))
         q = Query(question=body.question, options=body.choices, max_tokens=body.max_tokens or 64,
-                  temperature=body.temperature, samples=body.samples, seed=body.seed, confidence=body.confidence)
-        reply, headers = await run(q)
+                  temperature=body.temperature, samples=body.samples, seed=body.seed, confidence=body.confidence,
+                  deadline=deadline())
+        reply, headers = await run(q, request)
         out = {"question": body.question, "choices": body.choices, "answer": reply.content(),
-               "model_answer": reply.model_answer, "model": answerer.model_name,
+               "model_answer": reply.model_answer, "model": public_name(),
                "confidence": reply.confidence_dict()}
-        return JSONResponse(out, headers=headers)
+        return _respond(out, headers)
 
     return app
+
+
+def _respond(out: dict[str, Any], headers: dict[str, str]) -> JSONResponse:
+    """``out`` as JSON; a value JSON cannot carry (NaN from a broken calibrator) is a clear 500."""
+    try:
+        return JSONResponse(out, headers=headers)
+    except (TypeError, ValueError) as err:
+        log.error("llmcal serve: a response could not be encoded: %s", err)
+        return _error(500, f"the answer could not be encoded as JSON ({err})", "server_error", "internal_error")
 
 
 def _jsonable(errors: list[dict[str, Any]]) -> list[dict[str, Any]]:

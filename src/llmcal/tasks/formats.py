@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from llmcal.tasks.errors import TaskError
+from llmcal.tasks.prompts import letter_index, option_letter
 from llmcal.core.items import MCItem
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -427,8 +428,9 @@ def resolve_answer(
         return None
 
     def as_letter() -> int | None:
-        if text is not None and len(text) == 1 and text.upper() in LETTERS and text.isupper():
-            return LETTERS.index(text)
+        # A..Z, and AA, AB, .. past 26 choices (the letters style's labels, tasks.prompts.option_letter)
+        if text is not None and text.isupper() and (len(text) == 1 or n > len(LETTERS)):
+            return letter_index(text)
         return None
 
     def as_text() -> list[int]:
@@ -437,7 +439,7 @@ def resolve_answer(
         hits = [i for i, c in enumerate(choices) if c == value]
         return hits or [i for i, c in enumerate(choices) if c.strip() == text]
 
-    letters = f"A..{LETTERS[n - 1]}" if n else "A"
+    letters = f"A..{option_letter(n - 1)}" if n else "A"
     if answer_type in ("index", "index1"):
         idx = as_index(1 if answer_type == "index1" else 0)
         lo = 1 if answer_type == "index1" else 0

@@ -8,7 +8,8 @@ in a named style:
   texts is measured.
 * ``letters`` (MMLU style): the options are listed as ``A. ...``, the context
   ends in ``Answer:`` and the continuations are `` A``, `` B``, ...; one row of
-  logits scores them all.
+  logits scores them all.  Past 26 options the labels go on ``AA``, ``AB``, ..
+  (:func:`option_letter`), continuations of more than one token.
 
 Either can go through the model's chat template (``chat_template``, a
 callable from the user message to the prompt): the prompt becomes the user
@@ -36,6 +37,29 @@ from llmcal.core.requests import MCRequest
 STYLES = ("cloze", "letters")
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
+
+def option_letter(i: int) -> str:
+    """The label of option ``i`` (0-based) in the letters style: ``A``..``Z``, then ``AA``, ``AB``, ..
+    (as spreadsheet columns), so any number of options has a label."""
+    if isinstance(i, bool) or not isinstance(i, int) or i < 0:
+        raise ValueError(f"option index must be a whole number >= 0, got {i!r}")
+    out = ""
+    i += 1
+    while i:
+        i, r = divmod(i - 1, 26)
+        out = LETTERS[r] + out
+    return out
+
+
+def letter_index(label: str) -> int | None:
+    """The 0-based option index of a letters-style label (``"A"`` -> 0, ``"AA"`` -> 26), or None."""
+    if not isinstance(label, str) or not label or len(label) > 8 or not all(c in LETTERS for c in label):
+        return None
+    n = 0
+    for c in label:
+        n = n * 26 + LETTERS.index(c) + 1
+    return n - 1
+
 INSTRUCTION = "Answer the question in a few words."
 GSM8K_INSTRUCTION = "Solve the problem step by step, then write 'The answer is <number>.'"
 NO_ANSWER = "(no answer)"  # stands in for an empty answer wherever the model is shown its own reply
@@ -59,12 +83,12 @@ def build_request(
         body = f"Question: {item.question}\nAnswer:"
         conts = tuple(" " + c for c in item.choices)
     elif style == "letters":
-        if len(item.choices) > len(LETTERS):
-            raise ValueError(f"item {item.id!r}: too many choices for lettered options")
+        # A..Z, then AA, AB, ...: 27 or more options get two-letter labels (scored as any continuation)
+        labels = [option_letter(i) for i in range(len(item.choices))]
         lines = [f"Question: {item.question}"]
-        lines += [f"{LETTERS[i]}. {c}" for i, c in enumerate(item.choices)]
+        lines += [f"{lab}. {c}" for lab, c in zip(labels, item.choices)]
         body = "\n".join(lines) + "\nAnswer:"
-        conts = tuple(" " + LETTERS[i] for i in range(len(item.choices)))
+        conts = tuple(" " + lab for lab in labels)
     else:
         raise ValueError(f"prompt style {style!r} is unknown; use one of {', '.join(STYLES)}")
     if chat_template is not None:
@@ -79,7 +103,7 @@ def build_request(
 def normalization_lengths(item: MCItem, style: str) -> list[int]:
     """Characters of each scored continuation, lm-eval's ``acc_norm`` divisor."""
     if style == "letters":
-        return [1] * len(item.choices)
+        return [len(option_letter(i)) for i in range(len(item.choices))]
     return [len(c) for c in item.choices]
 
 
@@ -135,6 +159,7 @@ def followup_prompt(item: OpenItem, answer: str, question: str,
     return render(followup_messages(item, answer, question), chat_template)
 
 
-__all__ = ["STYLES", "LETTERS", "INSTRUCTION", "GSM8K_INSTRUCTION", "NO_ANSWER", "Message", "Prompt",
+__all__ = ["STYLES", "LETTERS", "option_letter", "letter_index", "INSTRUCTION", "GSM8K_INSTRUCTION", "NO_ANSWER",
+           "Message", "Prompt",
            "ChatTemplate", "build_request", "normalization_lengths", "instruction_for", "user_message",
            "answer_messages", "followup_messages", "plain_prompt", "render", "answer_prompt", "followup_prompt"]

@@ -35,6 +35,11 @@ from llmcal.tasks import open_tasks
 from llmcal.tasks.errors import TaskError
 
 DATA_ENV = "LLMCAL_DATA"
+#: The longest item accepted, in characters (question + choices, or an open question): a longer one is
+#: refused when the task loads, before any model is loaded.  ``$LLMCAL_MAX_PROMPT_CHARS`` or
+#: ``load_task(max_prompt_chars=...)`` changes it.
+MAX_PROMPT_CHARS = 100_000
+MAX_PROMPT_ENV = "LLMCAL_MAX_PROMPT_CHARS"
 DEFAULT_DATA_DIR = Path("..") / "shared" / "data"
 KINDS = ("mc", "open")
 
@@ -361,6 +366,39 @@ def _check_graders(spec: str, items: list[Item]) -> None:
                             f"graders: {', '.join(GRADERS)}")
 
 
+def prompt_limit(max_prompt_chars: int | None = None) -> int:
+    """The item length limit in characters: the argument, else ``$LLMCAL_MAX_PROMPT_CHARS``, else
+    :data:`MAX_PROMPT_CHARS`."""
+    if max_prompt_chars is None:
+        env = os.environ.get(MAX_PROMPT_ENV, "").strip()
+        if not env:
+            return MAX_PROMPT_CHARS
+        if not env.isdigit() or int(env) < 1:
+            raise TaskError(f"${MAX_PROMPT_ENV}={env!r}: must be a whole number of characters >= 1")
+        return int(env)
+    if isinstance(max_prompt_chars, bool) or not isinstance(max_prompt_chars, int) or max_prompt_chars < 1:
+        raise TaskError(f"max_prompt_chars must be a whole number >= 1, got {max_prompt_chars!r}")
+    return max_prompt_chars
+
+
+def item_chars(item: Item) -> int:
+    """What an item puts into a prompt, in characters: the question and every choice."""
+    return len(item.question) + sum(len(c) for c in getattr(item, "choices", ()) or ())
+
+
+def check_prompt_length(items: Sequence[Item], limit: int, spec: str) -> None:
+    """:class:`TaskError` naming the first item longer than ``limit`` characters (and its file and line)."""
+    for it in items:
+        n = item_chars(it)
+        if n > limit:
+            meta = it.meta if isinstance(getattr(it, "meta", None), Mapping) else {}
+            line = meta.get("line") if isinstance(meta.get("line"), int) else None
+            raise TaskError(f"task {spec!r}: item {it.id!r} is {n} characters long (question and choices), over "
+                            f"the limit of {limit}; set ${MAX_PROMPT_ENV} (or max_prompt_chars=) to raise it",
+                            source=meta.get("source") if line is not None else None, line=line,
+                            field="question")
+
+
 def _wrong_kind(spec: str, key: str | None, kind: str) -> TaskError:
     if kind == "mc":
         return TaskError(f"task {key!r} is an open-ended task, not multiple-choice: `llmcal run --tasks {key}` "
@@ -375,6 +413,7 @@ def load_task(
     mapping: Mapping[str, str] | str | None = None,
     *,
     kind: str | None = None,
+    max_prompt_chars: int | None = None,
 ) -> list[MCItem] | list[OpenItem]:
     """The items of one task spec (a name, ``name:split``, ``name@grader``, a file path or ``hf:...``),
     all validated: :class:`MCItem` for a multiple-choice task, :class:`OpenItem` for an open one.
@@ -385,9 +424,12 @@ def load_task(
     task has fixed fields and refuses one.  ``@grader`` (open tasks only)
     grades with another rule of :mod:`llmcal.tasks.graders`.  ``kind``
     (``"mc"`` or ``"open"``) refuses a spec of the other kind before reading
-    anything, for callers that handle one kind only.
+    anything, for callers that handle one kind only.  ``max_prompt_chars``
+    (default ``$LLMCAL_MAX_PROMPT_CHARS``, else :data:`MAX_PROMPT_CHARS`) refuses
+    an item whose question and choices are longer, naming it.
     """
     _check_kind(kind)
+    limit_chars = prompt_limit(max_prompt_chars)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
         raise TaskError(f"limit must be a positive whole number, got {limit!r}")
     spec = spec.strip()
@@ -418,6 +460,13 @@ def load_task(
                                 f"open tasks: {', '.join(available_tasks('open'))}")
             if grader not in GRADERS:
                 raise TaskError(f"task {spec!r}: unknown grader {grader!r}; graders: {', '.join(GRADERS)}")
+        for part in extra:
+            if part and _looks_like_path(part):
+                raise TaskError(f"task {key!r}: {part!r} after the colon looks like a file path; a registered task "
+                                f"reads only its own data-folder file{'s' if len(task.files) > 1 else ''} "
+                                f"({', '.join(task.files) or 'embedded'}), splits: "
+                                f"{', '.join(task.splits) or 'none'}. A multiple-choice file is given by its "
+                                "path alone (docs/tasks.md); other open-ended files are not read")
         split = task.default_split
         if extra and task.splits:
             cand = task.split_aliases.get(extra[-1].lower(), extra[-1].lower())
@@ -431,4 +480,5 @@ def load_task(
         if grader is not None:
             items = [replace(it, grader=grader) for it in items]
         _check_graders(spec, items)
+    check_prompt_length(items, limit_chars, spec)
     return items if limit is None else items[:limit]

@@ -37,6 +37,24 @@ OPENAI_KEYS = frozenset({
 })
 
 
+def check_base_url(url: str) -> str:
+    """``url`` when it is an ``http://`` or ``https://`` URL with a host; else ValueError saying so
+    (a ``file://`` or mistyped scheme would otherwise be retried as a dead server)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+        host = parts.hostname
+    except ValueError as err:
+        raise ValueError(f"base_url={url!r} is not a URL ({err}); use http://HOST:PORT/v1") from None
+    if parts.scheme.lower() not in ("http", "https"):
+        raise ValueError(f"base_url={url!r}: the scheme must be http:// or https://, not "
+                         f"{(parts.scheme + '://') if parts.scheme else 'none'}; use http://HOST:PORT/v1")
+    if not host:
+        raise ValueError(f"base_url={url!r} names no host; use http://HOST:PORT/v1")
+    return url
+
+
 def parse_openai_args(text: str | None, base: dict[str, Any] | None = None) -> dict[str, Any]:
     """``--model_args`` for ``--model openai``: ``base_url`` is required, the rest optional.
 
@@ -47,6 +65,7 @@ def parse_openai_args(text: str | None, base: dict[str, Any] | None = None) -> d
     margs = parse_model_args(text, known=OPENAI_KEYS, base=base)
     if not margs.get("base_url"):
         raise ValueError("--model openai needs --model_args base_url=http://HOST:PORT/v1[,model=NAME,...]")
+    check_base_url(str(margs["base_url"]))
     margs["dtype"] = "server"  # the server decides; kept so run names and identities stay uniform
     if str(margs.get("scoring", "auto")) not in SCORING_MODES:
         raise ValueError(f"--model_args scoring={margs['scoring']!r}: use one of {', '.join(SCORING_MODES)}")

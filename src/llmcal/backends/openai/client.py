@@ -3,7 +3,7 @@
 :class:`Client` knows the server (``base_url``, the served ``model``, the API
 key's environment variable) and how to talk to it: an ``httpx.AsyncClient``
 per :meth:`Client.session`, at most ``concurrency`` requests in flight (an
-``asyncio.Semaphore``), a ``timeout`` per request, and
+``asyncio.Semaphore``), a ``timeout`` per request (wall-clock, the whole answer), and
 :func:`~llmcal.backends.openai.retry.post_json`'s retries.  The API key is
 read from the environment variable named by ``api_key_env`` (default
 ``OPENAI_API_KEY``), never from the command line.
@@ -55,6 +55,27 @@ async def gather(coros: list[Coroutine]) -> list:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
+
+
+class _WallClock:
+    """An ``httpx.AsyncClient`` whose POSTs each end within ``seconds`` of wall-clock time however
+    slowly the server drips its answer (httpx's timeouts are per read): a late one is an
+    ``httpx.ReadTimeout``, retried like any other timeout."""
+
+    def __init__(self, http, seconds: float) -> None:
+        self._http, self._seconds = http, float(seconds)
+
+    def __getattr__(self, name: str):
+        return getattr(self._http, name)
+
+    async def post(self, url, **kwargs):
+        import httpx
+
+        try:
+            return await asyncio.wait_for(self._http.post(url, **kwargs), self._seconds)
+        except asyncio.TimeoutError:
+            raise httpx.ReadTimeout(f"no complete answer within {self._seconds:g} s (the timeout is for the "
+                                    "whole request, not per read)") from None
 
 
 class Client:
@@ -114,7 +135,7 @@ class Client:
         async def go():
             self._sem = asyncio.Semaphore(self.concurrency)
             async with self._http() as http:
-                return await body(http)
+                return await body(_WallClock(http, self.timeout))
 
         return run_sync(go)
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import math
 import random
 import time
 from dataclasses import dataclass
@@ -49,6 +50,44 @@ class ServerUnavailable(APIError):
     def __init__(self, url: str, attempts: int, last: str) -> None:
         self.url, self.attempts, self.last = url, attempts, last
         super().__init__(f"{url}: no answer after {attempts} attempt(s); last error: {last}")
+
+
+class BadBody(ValueError):
+    """A 2xx answer whose body is not what an OpenAI-compatible server sends (retried like a 5xx)."""
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_body(data: Any, max_depth: int = 64) -> None:
+    """Refuse a body llmcal must never store: not a JSON object, a NaN or +inf anywhere, a
+    log-probability that is not a number (``"logprob": "-0.5"``), or nesting deeper than
+    ``max_depth``.  ``-inf`` is a log-probability (of an impossible token) and passes."""
+    if not isinstance(data, dict):
+        raise BadBody(f"the answer is a JSON {type(data).__name__}, not an object")
+    stack: list[tuple[Any, str, int]] = [(data, "", 0)]
+    while stack:
+        v, path, depth = stack.pop()
+        if depth > max_depth:
+            raise BadBody(f"the answer nests deeper than {max_depth} levels at {path}")
+        if isinstance(v, float) and (math.isnan(v) or v == math.inf):
+            raise BadBody(f"non-finite number {v!r} at {path or 'the top'}")
+        if isinstance(v, dict):
+            for k, x in v.items():
+                where = f"{path}.{k}" if path else str(k)
+                if k == "logprob" and x is not None and not _is_number(x):
+                    raise BadBody(f"{where}: {x!r} is not a number")
+                if k == "token_logprobs" and isinstance(x, list) and any(e is not None and not _is_number(e)
+                                                                         for e in x):
+                    raise BadBody(f"{where}: holds a log-probability that is not a number")
+                if k == "top_logprobs" and isinstance(x, list):
+                    for e in x:
+                        if isinstance(e, dict) and "logprob" not in e and not all(_is_number(y) for y in e.values()):
+                            raise BadBody(f"{where}: holds a log-probability that is not a number")
+                stack.append((x, where, depth + 1))
+        elif isinstance(v, list):
+            stack.extend((x, f"{path}[{i}]", depth + 1) for i, x in enumerate(v))
 
 
 @dataclass(frozen=True)
@@ -99,8 +138,9 @@ async def post_json(
 ) -> dict[str, Any]:
     """POST ``payload`` as JSON with ``client`` (an ``httpx.AsyncClient``); return the JSON answer.
 
-    Raises :class:`ServerError` at once on a non-retryable status (or a body
-    that is not JSON), :class:`ServerUnavailable` when every attempt failed.
+    Raises :class:`ServerError` at once on a non-retryable status,
+    :class:`ServerUnavailable` when every attempt failed (a 2xx body that is not
+    JSON, not an object or holds a NaN counts as a failed attempt: :func:`check_body`).
     """
     import httpx
 
@@ -114,15 +154,23 @@ async def post_json(
             last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
         else:
             if resp.status_code < 400:
+                # a body that is not JSON, not an object, or holds NaN is a fault of that answer:
+                # retried like a 5xx, never passed on (so never stored)
                 try:
-                    return resp.json()
+                    data = resp.json()
+                    check_body(data)
+                    return data
+                except RecursionError:
+                    last = f"HTTP {resp.status_code} with a body nested too deeply to read"
                 except ValueError as err:
-                    raise ServerError(url, resp.status_code, f"not JSON ({err}): {resp.text}") from None
-            if resp.status_code not in RETRYABLE_STATUS:
+                    kind = "bad answer" if isinstance(err, BadBody) else "not JSON"
+                    last = f"HTTP {resp.status_code} {kind} ({err}): {resp.text[:_BODY_CHARS]}"
+            elif resp.status_code not in RETRYABLE_STATUS:
                 raise ServerError(url, resp.status_code, resp.text)
-            last = f"HTTP {resp.status_code}: {resp.text[:_BODY_CHARS]}"
-            wait_at_least = min(policy.max_retry_after,
-                                retry_after_seconds(resp.headers.get("retry-after")) or 0.0)
+            else:
+                last = f"HTTP {resp.status_code}: {resp.text[:_BODY_CHARS]}"
+                wait_at_least = min(policy.max_retry_after,
+                                    retry_after_seconds(resp.headers.get("retry-after")) or 0.0)
         if attempt < policy.max_retries:
             await sleep(max(wait_at_least, policy.backoff(attempt, rng)))
     raise ServerUnavailable(url, policy.max_retries + 1, last)
