@@ -12,6 +12,7 @@ Variants (``--methods``):
 * ``rtn``: weight-only round-to-nearest, for each of ``--bits`` x ``--observers``
   (groups of ``--group_size`` below 8 bits, per output channel at 8 bits);
 * ``awq``: AWQ (Lin et al. 2024) for each of ``--bits`` (min-max RTN after the search);
+* ``gptq``: GPTQ (Frantar et al. 2023) for each of ``--bits`` (``--act_order`` for act-order);
 * ``smoothquant``: SmoothQuant W8A8 (Xiao et al. 2023), per-channel weights and
   per-token dynamic activations, for each of ``--alphas`` x ``--smooth_groups``
   (``paper``: the norms' outputs; ``all``: also up_proj -> down_proj);
@@ -57,6 +58,8 @@ def variants(args):
         elif m == "awq":
             out += [(Recipe("awq", w(b), search_tokens=args.search_tokens, sequential=args.sequential), None)
                     for b in bits if b < 8]
+        elif m == "gptq":
+            out += [(Recipe("gptq", w(b), gptq_act_order=args.act_order), None) for b in bits]
         elif m == "smoothquant":
             out += [(Recipe("smoothquant", w(8), dyn, alpha=float(a), smooth_all=(g == "all")), None)
                     for g in args.smooth_groups.split(",") for a in args.alphas.split(",")]
@@ -167,6 +170,7 @@ def main(argv=None) -> int:
     ap.add_argument("--alphas", default="0.5")
     ap.add_argument("--search_tokens", type=int, default=2048, help="AWQ search tokens")
     ap.add_argument("--sequential", action="store_true", help="AWQ: next layer calibrated on quantized outputs")
+    ap.add_argument("--act_order", action="store_true", help="GPTQ: columns by descending Hessian diagonal")
     ap.add_argument("--outlier", type=float, default=None, help="also run with one injected activation of M x max")
     ap.add_argument("--outlier_only", action="store_true")
     ap.add_argument("--json", default=None, help="write every number here")

@@ -339,7 +339,7 @@ def test_bad_recipe_fields():
     with pytest.raises(QuantError, match="alpha"):
         Recipe("smoothquant", QuantArgs(8, "channel", None), alpha=1.5).validate()
     with pytest.raises(QuantError, match="method"):
-        Recipe("gptq").validate()
+        Recipe("hqq").validate()  # gptq is a method now (test_quant_gptq.py)
 
 
 def test_calibration_set_smaller_than_requested(tmp_path):

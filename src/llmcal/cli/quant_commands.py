@@ -5,7 +5,7 @@
 
 Calibrates on ``--n_samples`` texts of ``--calibration`` (SciQ support paragraphs,
 a .txt/.jsonl file, or any task's prompts), quantizes with the method (``rtn``,
-``smoothquant``, ``awq``), measures perplexity (``--ppl_text``), accuracy, ECE,
+``smoothquant``, ``awq``, ``gptq``), measures perplexity (``--ppl_text``), accuracy, ECE,
 Brier and mean confidence (``--tasks``) before and after, and writes
 ``quant_results.json`` plus (``--export``) the compressed-tensors folder into
 ``--output_path``.  Every input is checked before any model work starts.
@@ -23,7 +23,7 @@ from pathlib import Path
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add ``llmcal quantize`` to the main parser (dispatch through ``args.func``)."""
-    p = subparsers.add_parser("quantize", help="calibrate and quantize (RTN, SmoothQuant, AWQ); "
+    p = subparsers.add_parser("quantize", help="calibrate and quantize (RTN, SmoothQuant, AWQ, GPTQ); "
                               "accuracy and confidence calibration before/after; compressed-tensors export",
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     m = p.add_argument_group("model")
@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--mapping", default=None,
                    help="layer mapping JSON for an architecture llmcal does not know (see docs/quant.md)")
     q = p.add_argument_group("quantization")
-    q.add_argument("--method", default="awq", choices=["rtn", "smoothquant", "awq"])
+    q.add_argument("--method", default="awq", choices=["rtn", "smoothquant", "awq", "gptq"])
     q.add_argument("--w_bits", "--w-bits", type=int, default=4, help="weight bits (default 4)")
     q.add_argument("--granularity", default=None, choices=["tensor", "channel", "group"],
                    help="weight scale granularity (default: group below 8 bits, channel at 8)")
@@ -54,6 +54,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     q.add_argument("--search_tokens", "--search-tokens", type=int, default=2048,
                    help="AWQ: calibration tokens used by the scale search (default 2048)")
     q.add_argument("--no_clip", "--no-clip", action="store_true", help="AWQ without the clipping search")
+    q.add_argument("--act_order", "--act-order", action="store_true",
+                   help="GPTQ: quantize the columns by descending Hessian diagonal (groups fixed up front)")
+    q.add_argument("--gptq_block", "--gptq-block", type=int, default=128,
+                   help="GPTQ: columns per lazy batch update (default 128; same result, speed only)")
+    q.add_argument("--damp", type=float, default=0.01, help="GPTQ: dampening, a fraction of mean(diag H) (default 0.01)")
     q.add_argument("--sequential", action="store_true",
                    help="calibrate each layer on the previous layers' quantized outputs (one more pass a layer)")
     c = p.add_argument_group("calibration data")
@@ -72,6 +77,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--no_eval", "--no-eval", action="store_true", help="quantize (and export) only")
     e.add_argument("--output_path", "--output-path", default=None, help="folder for quant_results.json (and --export)")
     e.add_argument("--export", action="store_true", help="write the compressed-tensors model into --output_path")
+    e.add_argument("--target", default="vllm", choices=["vllm", "transformers"],
+                   help="what must load the export (default vllm): bits, zero points and group sizes it cannot "
+                   "load are refused before any work (docs/quant.md)")
+    e.add_argument("--export_dtype", "--export-dtype", default="auto",
+                   choices=["auto", "float32", "bfloat16", "float16"],
+                   help="dtype of the export's float tensors and config (default auto: the source checkpoint's; "
+                   "float16 for a GGUF such as the embedded model)")
     e.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_quantize)
 
@@ -88,15 +100,20 @@ def build_recipe(args):
         a = QuantArgs(a_bits, "tensor" if args.a_static else "channel", None, True, args.a_observer,
                       args.a_percentile, dynamic=not args.a_static)
     return Recipe(args.method, w, a, alpha=args.alpha, awq_clip=not args.no_clip, sequential=args.sequential,
-                  search_tokens=args.search_tokens, smooth_all=args.smooth_all).validate()
+                  search_tokens=args.search_tokens, smooth_all=args.smooth_all, gptq_block=args.gptq_block,
+                  gptq_act_order=args.act_order, gptq_damp=args.damp).validate()
 
 
 def cmd_quantize(args) -> int:
     recipe = build_recipe(args)  # bad bits / group sizes fail here, before loading anything
-    if args.export and not args.output_path:
-        raise ValueError("--export needs --output_path")
-    if args.export and args.float_zero_point:
-        raise ValueError("--export with --float_zero_point: compressed-tensors stores integer zero points only")
+    export_dtype = None
+    if args.export:  # what the target cannot load is refused here, before any data or model is touched
+        from llmcal.quant.targets import check_dtype, check_export
+
+        if not args.output_path:
+            raise ValueError("--export needs --output_path")
+        check_export(recipe, args.target)
+        export_dtype = check_dtype(args.export_dtype)
     from llmcal.quant.data import load_texts
 
     calib_texts = load_texts(args.calibration, args.n_samples, args.data_dir)
@@ -116,9 +133,17 @@ def cmd_quantize(args) -> int:
     from llmcal.quant.quantizer import check_inputs, quantize_model
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
-    backend = load_backend("hf", **parse_model_args(args.model_args))  # quantization needs the weights here
+    margs = parse_model_args(args.model_args)
+    backend = load_backend("hf", **margs)  # quantization needs the weights here
     model, tok = backend.model, backend.tokenizer
-    check_inputs(model, recipe, args.mapping)  # unknown architecture, group sizes: before any pass
+    mapping = check_inputs(model, recipe, args.mapping)  # unknown architecture, group sizes: before any pass
+    if args.export:
+        from llmcal.quant.targets import check_widths, linear_shapes, source_dtype
+
+        for w in check_widths(recipe, args.target, linear_shapes(model, mapping)):
+            print(f"llmcal quantize: warning: --target {args.target}: {w}", file=sys.stderr)
+        if export_dtype is None:
+            export_dtype = source_dtype(margs.get("pretrained"), margs.get("gguf_file"))
     calib = tokenize(tok, calib_texts, args.seq_len)
     ppl = tokenize(tok, ppl_texts, args.seq_len) if ppl_texts else None
     before = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
@@ -138,12 +163,22 @@ def cmd_quantize(args) -> int:
         _print_table(before, after, cmp)
     if args.output_path:
         out = Path(args.output_path)
+        created = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
         if args.export:
             from llmcal.quant.export import export_compressed
 
-            export_compressed(model, res, out / "model", tokenizer=tok)
+            try:
+                export_compressed(model, res, out / "model", tokenizer=tok, target=args.target,
+                                  dtype=export_dtype)
+            except BaseException:
+                if created:  # a failed export leaves no folder behind
+                    import shutil
+
+                    shutil.rmtree(out, ignore_errors=True)
+                raise
             results["export"] = str(out / "model")
+            results["export_target"], results["export_dtype"] = args.target, export_dtype
         (out / "quant_results.json").write_text(json.dumps(results, indent=1, default=str))
         log(f"wrote {out / 'quant_results.json'}")
     return 0

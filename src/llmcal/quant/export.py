@@ -40,31 +40,55 @@ def _ct_args(q, activation: bool = False):
                             group_size=q.group_size if q.granularity == "group" else None)
 
 
-def export_compressed(model, result, out_dir: str | Path, tokenizer=None) -> Path:
+def export_compressed(model, result, out_dir: str | Path, tokenizer=None, target: str | None = None,
+                      dtype: str | None = None) -> Path:
     """Write ``model`` (quantized by ``result``'s recipe) to ``out_dir`` as pack-quantized.
 
-    The model passed in is not changed (a copy is compressed).
+    ``target`` (``vllm``, ``transformers`` or None): what must load the folder;
+    :mod:`llmcal.quant.targets` refuses what it cannot, before the folder is
+    created.  ``dtype`` (``float32``, ``bfloat16``, ``float16``; None = the
+    model's): the dtype of the float tensors written (scales, norms,
+    embeddings) and of ``config.json``; the integers are computed in float32
+    first, so a bf16 export holds the same integers.  A failure part-way
+    removes the folder if this call created it.  The model passed in is not
+    changed (a copy is compressed).
     """
     try:
-        import torch
-        from compressed_tensors.compressors import ModelCompressor
-        from compressed_tensors.quantization import (
-            QuantizationConfig,
-            QuantizationScheme,
-            QuantizationStatus,
-            apply_quantization_config,
-        )
+        import compressed_tensors  # noqa: F401
     except ImportError as err:  # pragma: no cover - depends on the environment
         raise QuantError("export", "needs compressed-tensors: pip install 'llmcal[quant]'") from err
+    from llmcal.quant.targets import check_dtype, check_export, check_widths, linear_shapes
+
+    recipe = result.recipe
+    check_export(recipe, target)
+    check_widths(recipe, target, linear_shapes(model, result.mapping))
+    dtype = check_dtype(dtype)
+    out = Path(out_dir)
+    created = not out.exists()
+    try:
+        _export(model, result, out, tokenizer, dtype)
+    except BaseException:
+        if created and out.exists():
+            import shutil
+
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def _export(model, result, out: Path, tokenizer, dtype: str | None) -> None:
+    import torch
+    from compressed_tensors.compressors import ModelCompressor
+    from compressed_tensors.quantization import (
+        QuantizationConfig,
+        QuantizationScheme,
+        QuantizationStatus,
+        apply_quantization_config,
+    )
+
     from llmcal.quant.rtn import HANDLES_ATTR
 
     recipe = result.recipe
-    if recipe.weights.float_zero_point:
-        raise QuantError("weights.float_zero_point", "compressed-tensors stores integer zero points; "
-                         "a float zero point (GGUF Q4_1 style) is simulation only")
-    if recipe.activations is not None and recipe.activations.bits != 8:
-        raise QuantError("activations.bits", "the export writes 8-bit activation schemes only")
-    out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     handles = getattr(model, HANDLES_ATTR, None)
     try:  # the activation hooks are simulation only; the scheme says it instead
@@ -102,11 +126,14 @@ def export_compressed(model, result, out_dir: str | Path, tokenizer=None) -> Pat
     fmt = "pack-quantized" if recipe.activations is None else "int-quantized"
     compressor = ModelCompressor.from_pretrained_model(m, quantization_format=fmt)
     compressor.compress_model(m)
+    if dtype is not None:  # the integers are fixed; now the float tensors take the model's own dtype
+        tdt = getattr(torch, dtype)
+        m.to(tdt)
+        m.config.dtype = tdt
     m.save_pretrained(out)
     compressor.update_config(str(out))
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-    return out
 
 
 def load_compressed(folder: str | Path, via: str = "transformers"):

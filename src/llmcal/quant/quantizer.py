@@ -8,7 +8,8 @@ Order of work (every input check first, then the forward passes):
 2. run the samples to the first decoder layer;
 3. per decoder layer: observe its linears' inputs (:mod:`llmcal.quant.stats`);
    SmoothQuant: fold s into the norms; AWQ: search and fold s, then search the
-   clipping; round-to-nearest every linear's weight with the observer; add the
+   clipping; GPTQ: the Hessian of every linear input, then each weight by
+   :mod:`llmcal.quant.gptq`; round-to-nearest every other linear's weight with the observer; add the
    activation quantizers (W8A8); the next layer's inputs are this layer's
    float outputs from the observing pass (AutoAWQ's scheme, one pass a
    layer), or with ``Recipe.sequential`` its quantized outputs (GPTQ's and
@@ -149,8 +150,17 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
             if recipe.method == "awq":
                 capture = {g.inspect: g.inspect for g in mapping.groups}
                 capture.update(distinct)
-            stats, kept, fp_out = collect(layer, inputs, distinct, capture, recipe.search_tokens, outlier,
-                                          seed, values=static and recipe.method != "smoothquant")
+            hessians: dict = {}
+            if recipe.method == "gptq":  # H = 2 X^T X / n of each distinct linear input, float layer
+                from llmcal.quant.gptq import layer_hessians
+
+                hessians, fp_out = layer_hessians(layer, inputs, distinct)
+                stats, kept = {}, {}
+                if static:
+                    stats, _, _ = collect(layer, inputs, distinct, None, 0, outlier, seed, values=True)
+            else:
+                stats, kept, fp_out = collect(layer, inputs, distinct, capture, recipe.search_tokens, outlier,
+                                              seed, values=static and recipe.method != "smoothquant")
 
             if recipe.method == "smoothquant":
                 for g in mapping.groups:
@@ -187,7 +197,14 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
 
             for path in mapping.linears:
                 lin = get_module(layer, path)
-                result.weights[f"{name}.{path}"] = quantize_linear_(lin, recipe.weights)
+                if recipe.method == "gptq":
+                    from llmcal.quant import gptq
+
+                    result.weights[f"{name}.{path}"] = gptq.quantize_linear_(
+                        lin, hessians[keys[path]], recipe.weights, recipe.gptq_block, recipe.gptq_act_order,
+                        recipe.gptq_damp)
+                else:
+                    result.weights[f"{name}.{path}"] = quantize_linear_(lin, recipe.weights)
                 if acts is not None:
                     clip = None
                     if static:
@@ -199,7 +216,8 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
                     result.act_clips[f"{name}.{path}"] = clip
             # sequential: the next layer sees this layer's quantized outputs (one more pass);
             # otherwise its float outputs, as AutoAWQ does
-            inputs.hidden = run_layer(layer, inputs) if recipe.sequential else fp_out
+            # (GPTQ always: the paper calibrates each layer on the quantized model's inputs)
+            inputs.hidden = run_layer(layer, inputs) if recipe.sequential or recipe.method == "gptq" else fp_out
             if progress:
                 progress(i + 1, len(layers))
     result.seconds, result.cpu_seconds = time.perf_counter() - t0, time.process_time() - c0

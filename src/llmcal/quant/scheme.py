@@ -24,7 +24,7 @@ from llmcal.quant.errors import QuantError
 
 GRANULARITIES = ("tensor", "channel", "group")
 OBSERVERS = ("minmax", "percentile", "mse")
-METHODS = ("rtn", "smoothquant", "awq")
+METHODS = ("rtn", "smoothquant", "awq", "gptq")
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,11 @@ class Recipe:
 
     ``method``: ``rtn`` (round-to-nearest with the weights' observer),
     ``smoothquant`` (Xiao et al. 2023; migrate activation outliers into the
-    weights, then quantize both) or ``awq`` (Lin et al. 2024; activation-aware
-    per-channel scales and clipping, then round-to-nearest).
+    weights, then quantize both), ``awq`` (Lin et al. 2024; activation-aware
+    per-channel scales and clipping, then round-to-nearest) or ``gptq``
+    (Frantar et al. 2023; columns rounded in turn with the error fed back
+    through the inverse Hessian of the calibration inputs; always sequential:
+    each layer is calibrated on the previous layers' quantized outputs).
     ``activations``: None = weight-only; else the activation format (per-token
     dynamic, or static per-tensor with the observer on the calibration set).
     """
@@ -101,6 +104,9 @@ class Recipe:
     sequential: bool = False  # next layer's calibration inputs through the quantized layer
     search_tokens: int = 2048  # AWQ: calibration tokens (whole samples) used in the scale search
     smooth_all: bool = False  # SmoothQuant: also the groups whose prev is a linear (up -> down, v -> o)
+    gptq_block: int = 128  # GPTQ: columns per lazy batch update (the result does not depend on it)
+    gptq_act_order: bool = False  # GPTQ: columns by descending diag(H) (groups then fixed up front)
+    gptq_damp: float = 0.01  # GPTQ: H += gptq_damp * mean(diag(H)) * I
 
     def validate(self) -> "Recipe":
         if self.method not in METHODS:
@@ -115,6 +121,11 @@ class Recipe:
             raise QuantError("alpha", f"SmoothQuant's alpha must be in [0, 1], got {self.alpha!r}")
         if self.awq_grid < 1 or self.awq_clip_grid < 1:
             raise QuantError("awq_grid", "AWQ's grids need at least one point")
+        if self.method == "gptq":
+            if not isinstance(self.gptq_block, int) or self.gptq_block < 1:
+                raise QuantError("gptq_block", f"must be an integer >= 1, got {self.gptq_block!r}")
+            if not 0.0 < float(self.gptq_damp) <= 1.0:
+                raise QuantError("gptq_damp", f"must be in (0, 1], got {self.gptq_damp!r}")
         if self.search_tokens < 16:
             raise QuantError("search_tokens", f"need at least 16, got {self.search_tokens}")
         return self
@@ -123,7 +134,8 @@ class Recipe:
         a = "" if self.activations is None else (
             f"a{self.activations.bits}-" + ("dyn" if self.activations.dynamic else self.activations.observer))
         extra = (f"-alpha{self.alpha:g}{'-all' if self.smooth_all else ''}"
-                 if self.method == "smoothquant" else "")
+                 if self.method == "smoothquant" else ("-act" if self.method == "gptq" and self.gptq_act_order
+                                                       else ""))
         return f"{self.method}-w{self.weights.label()}{'-' + a if a else ''}{extra}"
 
     def with_(self, **kw) -> "Recipe":
