@@ -246,3 +246,23 @@ def test_isotonic_equals_scikit_learn():
     ref = IsotonicRegression(y_min=0, y_max=1, out_of_bounds="clip").fit(conf, correct.astype(float))
     q = np.linspace(0, 1, 1001)
     np.testing.assert_allclose(ours.predict(q), ref.predict(q), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name, field, bad", [
+    ("temperature", "temperature_", -1.5),
+    ("temperature", "temperature_", 1e-300),
+    ("isotonic", "y_thresholds_", [0.2, 1.5]),
+    ("histogram", "values_", [-0.1, 0.5]),
+])
+def test_a_damaged_loaded_state_names_its_field(name, field, bad):
+    """Each calibrator checks its own loaded state (no caller branches on the name)."""
+    from llmcal.calibrators import get_calibrator
+
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.05, 0.95, 400)
+    y = (rng.uniform(size=400) < p).astype(float)
+    cal = get_calibrator(name).fit(p, y)
+    assert cal.state_problem() is None
+    setattr(cal, field, np.asarray(bad) if isinstance(bad, list) else bad)
+    problem = cal.state_problem()
+    assert problem is not None and f"'state.{field}'" in problem

@@ -94,6 +94,19 @@ class Calibrator:
     def is_fitted(self) -> bool:
         return all(hasattr(self, k) for k in self._state)
 
+    def state_problem(self) -> str | None:
+        """What is wrong with a loaded fitted state (a damaged or hand-edited file), or None.
+
+        The base class checks that the probability outputs named in ``_probability_state``
+        lie in [0, 1]; a calibrator with other constraints extends it.
+        """
+        for key in getattr(self, "_probability_state", ()):
+            if hasattr(self, key):
+                arr = np.asarray(getattr(self, key), dtype=np.float64)
+                if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
+                    return f"field 'state.{key}': values outside [0, 1]"
+        return None
+
     @property
     def acts_on_logits(self) -> bool:
         """True when the fitted map takes (n, k) logits rather than (n,) confidences."""

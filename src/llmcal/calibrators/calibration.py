@@ -166,7 +166,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _check_state(state: Calibrator, where: str) -> Calibrator:
-    """A loaded calibrator's fitted numbers, checked: finite, and a temperature inside the fit's bounds.
+    """A loaded calibrator's fitted numbers, checked: finite, then its own constraints (``state_problem``).
 
     A hand-edited or damaged calibration.json (``temperature_: -1.5`` inverts every confidence,
     ``1e-300`` forces them to 0 or 1) is refused on load, naming the file and the field.
@@ -183,18 +183,9 @@ def _check_state(state: Calibrator, where: str) -> Calibrator:
             raise ValueError(f"{where}: field 'state.{key}': expected numbers, got {v!r}") from None
         if isinstance(v, bool) or not np.all(np.isfinite(arr)):
             raise ValueError(f"{where}: field 'state.{key}': {v!r} is not a finite number")
-    if state.name == "temperature" and hasattr(state, "temperature_"):
-        t = float(state.temperature_)
-        lo, hi = (float(b) for b in state.bounds)
-        lo, hi = max(lo, 1e-3), min(hi, 1e3)  # the file's own bounds could be edited too
-        if not (lo <= t <= hi):
-            raise ValueError(f"{where}: field 'state.temperature_': {t!r} is outside the fitted range "
-                             f"[{lo:g}, {hi:g}] (a temperature must be positive; the file was edited or damaged)")
-    for key in ("values_", "y_thresholds_"):  # histogram / isotonic outputs are probabilities
-        if hasattr(state, key):
-            arr = np.asarray(getattr(state, key), dtype=np.float64)
-            if arr.size and (arr.min() < 0.0 or arr.max() > 1.0):
-                raise ValueError(f"{where}: field 'state.{key}': values outside [0, 1]")
+    problem = state.state_problem()
+    if problem:
+        raise ValueError(f"{where}: {problem}")
     return state
 
 

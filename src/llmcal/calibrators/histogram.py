@@ -24,6 +24,7 @@ class HistogramBinning(Calibrator):
     _params = ("n_bins", "strategy")
     _state = ("edges_", "values_")
     _array_state = ("edges_", "values_")
+    _probability_state = ("values_",)  # outputs: probabilities
 
     def __init__(self, n_bins: int = 10, strategy: str = "quantile"):
         self.n_bins = check_n_bins(n_bins)

@@ -24,6 +24,7 @@ class IsotonicCalibrator(Calibrator):
     _params = ()
     _state = ("x_thresholds_", "y_thresholds_")
     _array_state = ("x_thresholds_", "y_thresholds_")
+    _probability_state = ("y_thresholds_",)  # outputs: probabilities
     min_samples = 3
 
     def _fit(self, p: np.ndarray, c: np.ndarray) -> None:

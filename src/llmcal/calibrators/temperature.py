@@ -122,6 +122,19 @@ class TemperatureScaling(Calibrator):
         self.n_classes_ = k
         return self
 
+    def state_problem(self) -> str | None:
+        """A loaded temperature must be positive and within the search range (-1.5 would invert
+        every confidence, 1e-300 force them to 0 or 1)."""
+        if not hasattr(self, "temperature_"):
+            return None
+        t = float(self.temperature_)
+        lo, hi = (float(b) for b in self.bounds)
+        lo, hi = max(lo, 1e-3), min(hi, 1e3)  # the file's own bounds could be edited too
+        if not (lo <= t <= hi):
+            return (f"field 'state.temperature_': {t!r} is outside the fitted range [{lo:g}, {hi:g}] "
+                    "(a temperature must be positive; the file was edited or damaged)")
+        return None
+
     # -- prediction --------------------------------------------------------------------------
 
     @property

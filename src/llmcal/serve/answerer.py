@@ -247,10 +247,11 @@ class Answerer:
 
     @property
     def upstream(self) -> str | None:
-        """The upstream server's URL when a server answers (the openai backend), else None."""
-        if self.backend.name != "openai":
-            return None
-        return str(getattr(self.backend, "base_url", None) or "the upstream server")
+        """The upstream server's URL when a server answers (its ``describe()`` names one), else None.
+
+        Only read on error paths, where an answer has to say whose fault it was."""
+        url = self.backend.describe().get("base_url")
+        return str(url) if url else None
 
     def _call(self, q: Query, what: str, fn, *args, **kwargs):
         """One model call: not after ``q.deadline``; an upstream's unreadable answer -> :class:`UpstreamError`."""
