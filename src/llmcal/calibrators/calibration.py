@@ -58,6 +58,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from llmcal.calibrators.base import Calibrator
+from llmcal.core.files import atomic_write_bytes
 from llmcal.calibrators.registry import from_dict as calibrator_from_dict
 from llmcal.calibrators.registry import get_calibrator
 
@@ -142,9 +143,7 @@ def _jsonable(obj: Any, where: str) -> Any:
 def _write_json(path: Path, payload: dict[str, Any]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2, allow_nan=False), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(payload, indent=2, allow_nan=False).encode("utf-8"))
     return path
 
 

@@ -108,9 +108,7 @@ def cmd_tasks(args: argparse.Namespace) -> int:
 def cmd_signals(args: argparse.Namespace) -> int:
     from llmcal.signals.registry import describe_signals
 
-    rows = describe_signals()
-    if args.kind:
-        rows = [r for r in rows if r["kind"] == args.kind]
+    rows = describe_signals(args.kind)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -5,7 +5,10 @@
 ``requests``  what a backend is asked and answers: :class:`MCRequest` -> :class:`MCScore`,
               and a free-form :class:`Generation` with its per-token evidence;
 ``sample``    :class:`Sample`, the typed, versioned record of one answered item, validated
-              on read with the file, line and field in every error.
+              on read with the file, line and field in every error;
+``validation``, ``split``, ``bins``, ``text``, ``files``: what several stages share and none may
+              import from another (array checks, the calibration/test split, bin edges, answer
+              normalization, atomic writes with the fault-injection hook).
 
 Nothing here imports another llmcal package, or anything heavier than numpy.
 """

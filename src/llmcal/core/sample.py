@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any
 
 SAMPLE_VERSION = 1
 
@@ -151,11 +151,6 @@ class Sample:
             known |= set(_OPEN)
         s.extra = {k: v for k, v in d.items() if k not in known}
         return s
-
-
-def read_samples_lines(lines: Iterable[tuple[int, dict[str, Any]]], source: str) -> list[Sample]:
-    """Validate ``(line number, record)`` pairs from ``source``; the first bad field stops the read."""
-    return [Sample.from_dict(d, where=f"{source} line {n}") for n, d in lines]
 
 
 class _Reader:

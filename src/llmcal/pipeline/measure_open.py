@@ -31,6 +31,7 @@ from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir
 from llmcal.tasks.graders import grade, normalize
 from llmcal.core.items import OpenItem
+from llmcal.tasks import prompts
 from llmcal.tasks.prompts import render, user_message
 
 FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement")
@@ -89,7 +90,8 @@ def chat_prompt(backend, messages: list[dict[str, str]], chat: bool) -> str | li
 
 
 def answer_prompt(backend, item: OpenItem, chat: bool) -> str | list[dict[str, str]]:
-    return chat_prompt(backend, [{"role": "user", "content": user_message(item)}], chat)
+    """The prompt asking for ``item``'s answer on this backend (:func:`llmcal.tasks.prompts.answer_prompt`)."""
+    return prompts.answer_prompt(item, chat_template_of(backend, chat))
 
 
 def _stop(item: OpenItem) -> tuple[str, ...]:

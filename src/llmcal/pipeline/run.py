@@ -151,12 +151,13 @@ def check_model_path(margs: dict[str, Any]) -> None:
             raise ValueError(f"--model_args {key}={value}: no such file or folder")
 
 
-def run_folder(config: RunConfig) -> RunDir:
+def run_folder(config: RunConfig, identity: dict[str, Any] | None = None) -> RunDir:
     """The run folder a config writes (``output_path``, or ``runs/<name derived from the config>``)."""
     if config.output_path:
         return RunDir(config.output_path)
-    kind = task_kind(config)
-    return RunDir(Path("runs") / run_identity(config, backend_args(config), kind)["name"])
+    if identity is None:
+        identity = run_identity(config, backend_args(config), task_kind(config))
+    return RunDir(Path("runs") / identity["name"])
 
 
 # ------------------------------------------------------------------ stages
@@ -173,7 +174,7 @@ def measure_run(config: RunConfig) -> RunDir:
     check_model_path(margs)
     identity = run_identity(config, margs, kind)
     items = load_items(config)  # every item validated before the model is loaded
-    run = RunDir(config.output_path or Path("runs") / identity["name"])
+    run = run_folder(config, identity)
     keys = IDENTITY_KEYS + (("open_settings",) if kind == "open" else ())
     if config.overwrite:
         run.check_overwrite()  # a folder llmcal did not make is refused before the lock file goes in
@@ -270,10 +271,8 @@ def save_calibrations(run: RunDir, run_config: dict[str, Any], calibrations: dic
     from llmcal.calibrators.calibration import CalibrationSet
 
     primary = (results.get("primary") or {}).get("calibrator")
-    import json
-
     cset = CalibrationSet.of_run(calibrations, primary, run_config, run.path)
-    run.write_bytes(run.calibration_path, json.dumps(cset.to_dict(), indent=2, allow_nan=False).encode("utf-8"))
+    run.write_json(run.calibration_path, cset.to_dict(), allow_nan=False)
 
 
 def probe_run(run: RunDir, config: RunConfig) -> dict[str, Any] | None:

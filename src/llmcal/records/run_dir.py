@@ -47,6 +47,7 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from llmcal.core.files import FAULT_EXIT, atomic_write_bytes, fault  # noqa: F401  (FAULT_EXIT: re-exported)
 from llmcal.core.sample import Sample, SampleError
 
 SCHEMA_VERSION = 1
@@ -61,23 +62,6 @@ KNOWN_FILES = frozenset({
 #: The named write points of ``LLMCAL_FAULT`` (see the module docstring).
 FAULT_POINTS = ("in_config_write", "in_manifest_write", "in_json_write", "after_hidden_append",
                 "in_hidden_meta_write", "after_hidden_meta", "in_samples_append", "after_samples_append")
-FAULT_EXIT = 137  # what a kill -9 looks like to a shell
-_fault_hits: dict[str, int] = {}
-
-
-def fault(point: str) -> None:
-    """Stop the process here (``os._exit``) when ``LLMCAL_FAULT`` names ``point`` (tests only)."""
-    spec = os.environ.get("LLMCAL_FAULT")
-    if not spec:
-        return
-    name, _, nth = spec.partition(":")
-    if name != point:
-        return
-    _fault_hits[point] = _fault_hits.get(point, 0) + 1
-    if _fault_hits[point] >= int(nth or 1):
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(FAULT_EXIT)
 
 
 class RunDirError(ValueError):
@@ -112,31 +96,6 @@ def parse_json_bytes(raw: bytes, where: str, what: str = "file") -> Any:
                           f"the {what} is damaged") from None
     except RecursionError:
         raise RunDirError(f"{where}: JSON nested too deeply to read; the {what} is damaged") from None
-
-
-def atomic_write_bytes(path: Path, data: bytes, point: str = "in_json_write") -> None:
-    """Write ``path`` atomically: a temporary file beside it, fsynced, renamed over the old one."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    fault(point)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ------------------------------------------------------------------ locks
@@ -617,10 +576,6 @@ class RunDir:
     def _write_hidden_meta(self, meta: dict[str, Any]) -> None:
         atomic_write_bytes(self.hidden_meta_path, json.dumps(meta).encode(), point="in_hidden_meta_write")
 
-    def _row_bytes(self) -> int | None:
-        meta = self._hidden_meta()
-        return None if meta is None else int(np.prod(meta["row_shape"])) * 4
-
     def _check_hidden(self, n_rows: int, samples: list[Sample], write: bool) -> None:
         """Cut hidden_states.bin back to ``n_rows`` rows (a writer) and check each kept row's checksum."""
         meta = self._hidden_meta()
@@ -697,9 +652,9 @@ class RunDir:
 
     # ------------------------------------------------------------ results
     def write_json(self, path: Path, payload: dict[str, Any], sort_keys: bool = False,
-                   point: str = "in_json_write") -> None:
+                   point: str = "in_json_write", allow_nan: bool = True) -> None:
         """Write a JSON file atomically: a temporary file, fsynced, then renamed over the old one."""
-        text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=_json_default)
+        text = json.dumps(payload, indent=2, sort_keys=sort_keys, default=_json_default, allow_nan=allow_nan)
         self.write_bytes(Path(path), text.encode("utf-8"), point=point)
 
     def write_text(self, path: Path, text: str) -> None:

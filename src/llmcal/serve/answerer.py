@@ -27,6 +27,8 @@ A :class:`Query` may carry a ``deadline`` (``time.monotonic()``): no model call 
 
 from __future__ import annotations
 
+import functools
+
 import re
 import threading
 import time
@@ -245,11 +247,11 @@ class Answerer:
             return self._multiple_choice(q)
         return self._free_form(q)
 
-    @property
+    @functools.cached_property
     def upstream(self) -> str | None:
         """The upstream server's URL when a server answers (its ``describe()`` names one), else None.
 
-        Only read on error paths, where an answer has to say whose fault it was."""
+        Read only on error paths, where an answer has to say whose fault it was; fixed once loaded."""
         url = self.backend.describe().get("base_url")
         return str(url) if url else None
 

@@ -180,11 +180,6 @@ class OpenAIBackend(Backend):
     def generate_endpoint(self) -> str:
         return self.generator.endpoint
 
-    @property
-    def takes_messages(self) -> bool:
-        """Deprecated spelling of ``"messages" in capabilities`` (until every caller reads capabilities)."""
-        return "messages" in self.capabilities
-
     def resolve_scoring(self) -> str:
         """``echo`` or ``forced``: the probe's verdict for ``scoring=auto`` (asked once)."""
         return self.scorer.resolve()
