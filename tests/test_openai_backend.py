@@ -162,7 +162,12 @@ def expected(context: str, cont: str) -> float:
 
 REQS = [MCRequest("Question: What is the capital of France?\nAnswer:", (" Paris", " Lyon", " Marseille city")),
         MCRequest("Question: 2 + 2 =\nAnswer: ", ("4", "five")),
-        MCRequest("Q: sky colour?\nA:", (" blue", " green", " red", " very dark grey"))]
+        MCRequest("Q: sky colour?\nA:", (" blue", " green", " red", " very dark grey")),
+        # partial scoring (WinoGrande): one context per option, one shared continuation
+        MCRequest("The trophy did not fit in the suitcase because the trophy",
+                  (" was too big.", " was too big."),
+                  contexts=("The trophy did not fit in the suitcase because the trophy",
+                            "The trophy did not fit in the suitcase because the suitcase"))]
 
 
 # ------------------------------------------------------------------ scoring
@@ -173,10 +178,11 @@ def test_scoring_matches_the_model(shifted, mode):
     scores = b.score_mc(REQS)
     assert b.resolved_scoring == mode
     for req, sc in zip(REQS, scores):
-        want = [expected(req.context, c) for c in req.continuations]
+        want = [expected(req.context_of(i), c) for i, c in enumerate(req.continuations)]
         np.testing.assert_allclose(sc.logprobs, want, atol=1e-9)
         assert sc.hidden is None and sc.logprobs.dtype == np.float64
     assert list(scores[2].n_tokens) == [1, 1, 1, 3]
+    assert scores[3].logprobs[0] != scores[3].logprobs[1]  # the two contexts really differ
 
 
 def test_echo_on_a_shifted_server_is_wrong_and_the_probe_notices():
@@ -193,7 +199,7 @@ def test_echo_on_a_shifted_server_is_wrong_and_the_probe_notices():
 def test_progress_is_reported_once_per_request():
     seen = []
     make_backend(FakeLM()).score_mc(REQS, progress=seen.append)
-    assert seen == [1, 1, 1]
+    assert seen == [1] * len(REQS)
 
 
 # ------------------------------------------------------------------ response shapes

@@ -16,6 +16,12 @@ of ``L`` tokens adds ``L - 1`` positions (``L`` with ``full_options``).
 One-token options (the letters of lettered prompts) add none: their
 log-probabilities all come from one row of logits.
 
+Partial scoring (several contexts, one continuation: lm-eval's WinoGrande)
+packs the same way: the options' contexts share their longest common token
+prefix, and each option's branch holds the rest of its own context
+(``option_context_ids``) before its continuation; only the continuation's
+tokens are predicted.
+
 Pure numpy; the backend turns the result into tensors.
 """
 
@@ -40,14 +46,25 @@ class PackedItem:
     answer_rows: list[np.ndarray] = field(default_factory=list)  # k arrays of shape (L_o,)
 
 
-def pack_item(context_ids: list[int], continuation_ids: list[list[int]], full_options: bool = False) -> PackedItem:
+def pack_item(
+    context_ids: list[int],
+    continuation_ids: list[list[int]],
+    full_options: bool = False,
+    option_context_ids: list[list[int]] | None = None,
+) -> PackedItem:
     """Lay out ``context + every continuation`` as one tree-shaped sequence.
 
     ``full_options`` also feeds each option's last token (one more position
     per option, whose logits are never needed) so that every answer token has
     a hidden state: the probe's "mean over answer tokens" feature.
+    ``option_context_ids[o]`` (partial scoring) are option ``o``'s own context
+    tokens after the shared ``context_ids``: inputs of its branch, not scored.
+    The shared part may then be empty if every option brings its own context.
     """
-    if not context_ids:
+    tails = option_context_ids if option_context_ids is not None else [[] for _ in continuation_ids]
+    if len(tails) != len(continuation_ids):
+        raise ValueError(f"{len(tails)} option contexts for {len(continuation_ids)} continuations")
+    if not context_ids and not all(tails):
         raise ValueError("context_ids is empty: a continuation needs a context to follow")
     if any(len(c) == 0 for c in continuation_ids):
         raise ValueError("a continuation tokenized to zero tokens")
@@ -58,16 +75,21 @@ def pack_item(context_ids: list[int], continuation_ids: list[list[int]], full_op
     rows: list[np.ndarray] = []
     targets: list[np.ndarray] = []
     answer_rows: list[np.ndarray] = []
-    for o, cont in enumerate(continuation_ids):
-        start = len(ids)
-        inputs = list(cont) if full_options else cont[:-1]
+    prefix_last = n_prefix - 1
+    for o, (tail, cont) in enumerate(zip(tails, continuation_ids)):
+        # the branch: the option's own context tail (inputs only), then its continuation
+        start = len(ids) + len(tail)
+        inputs = list(tail) + (list(cont) if full_options else list(cont[:-1]))
         if full_options:
             answer_rows.append(np.arange(start, start + len(cont), dtype=np.int64))
         ids.extend(inputs)
         pos.extend(range(n_prefix, n_prefix + len(inputs)))
         branch.extend([o + 1] * len(inputs))
-        # token j of the option is predicted at: prefix end (j = 0), else at input j - 1
-        rows.append(np.array([n_prefix - 1] + list(range(start, start + len(cont) - 1)), dtype=np.int64))
+        # continuation token j is predicted at the last context row (j = 0), else at its input j - 1
+        last_ctx = start - 1 if tail else n_prefix - 1
+        if n_prefix == 0 and o == 0:
+            prefix_last = last_ctx  # no shared prefix: the first option's last context token
+        rows.append(np.array([last_ctx] + list(range(start, start + len(cont) - 1)), dtype=np.int64))
         targets.append(np.asarray(cont, dtype=np.int64))
     return PackedItem(
         input_ids=np.asarray(ids, dtype=np.int64),
@@ -75,7 +97,7 @@ def pack_item(context_ids: list[int], continuation_ids: list[list[int]], full_op
         branch=np.asarray(branch, dtype=np.int64),
         target_rows=rows,
         target_ids=targets,
-        prefix_last=n_prefix - 1,
+        prefix_last=prefix_last,
         answer_rows=answer_rows,
     )
 

@@ -17,6 +17,16 @@ class MCItem:
     ``answer`` is the index of the correct choice in ``choices``.  ``meta``
     holds anything a loader knows that scoring does not need (difficulty,
     category, source line) and is written to ``samples.jsonl`` as is.
+
+    A task that fixes its own requests (lm-eval's YAML tasks, :mod:`llmcal.tasks.lmeval`)
+    gives them exactly, one per option, instead of letting a prompt style build them:
+    ``contexts`` (the text each option is scored after: one shared context repeated, or
+    several for partial scoring, WinoGrande's sentence cut at the blank with each option
+    filled in) and ``continuations`` (the scored text; one shared continuation for partial
+    scoring).  ``messages`` replaces ``contexts`` when the task asked for the model's chat
+    template: per option, the conversation as ``(role, content)`` pairs, rendered by the
+    backend's template when the item is scored.  All empty (the default): the prompt style
+    builds the request from ``question`` and ``choices``.
     """
 
     id: str
@@ -25,6 +35,9 @@ class MCItem:
     choices: tuple[str, ...]
     answer: int
     meta: dict[str, Any] = field(default_factory=dict, compare=False, hash=False)
+    contexts: tuple[str, ...] = ()
+    continuations: tuple[str, ...] = ()
+    messages: tuple[tuple[tuple[str, str], ...], ...] = ()
     kind = "mc"
 
     def __post_init__(self) -> None:
@@ -37,6 +50,20 @@ class MCItem:
             )
         if not self.question.strip():
             raise ValueError(f"item {self.id!r}: empty question")
+        k = len(self.choices)
+        for name in ("contexts", "continuations", "messages"):
+            given = getattr(self, name)
+            if given and len(given) != k:
+                raise ValueError(f"item {self.id!r}: {len(given)} {name} for {k} choices (one per option)")
+        if (self.contexts or self.messages) and not self.continuations:
+            raise ValueError(f"item {self.id!r}: fixed contexts need their continuations")
+        if self.continuations and not (self.contexts or self.messages):
+            raise ValueError(f"item {self.id!r}: fixed continuations need their contexts (or messages)")
+
+    @property
+    def fixed_request(self) -> bool:
+        """Whether the task fixed the scored text itself (no prompt style applies)."""
+        return bool(self.continuations)
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,24 @@ import numpy as np
 
 @dataclass(frozen=True)
 class MCRequest:
+    """One question's ``loglikelihood`` requests: ``continuations[o]`` scored after its context.
+
+    ``contexts`` empty (the usual case): every option follows ``context``.  Partial
+    scoring (several contexts, one continuation, as lm-eval's WinoGrande) gives one
+    context per option in ``contexts``; ``context`` is then the first of them.
+    """
+
     context: str
     continuations: tuple[str, ...]
+    contexts: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.contexts and len(self.contexts) != len(self.continuations):
+            raise ValueError(f"MCRequest: {len(self.contexts)} contexts for {len(self.continuations)} continuations")
+
+    def context_of(self, option: int) -> str:
+        """The text option ``option``'s continuation is scored after."""
+        return self.contexts[option] if self.contexts else self.context
 
 
 @dataclass

@@ -79,6 +79,8 @@ def build_request(
     chat_template: Callable[[str], str] | None = None,
 ) -> MCRequest:
     """The context and continuations that score ``item`` in ``style``."""
+    if item.fixed_request:  # the task fixed its own requests (lm-eval's YAML): no style applies
+        return fixed_request(item, chat_template)
     if style == "cloze":
         body = f"Question: {item.question}\nAnswer:"
         conts = tuple(" " + c for c in item.choices)
@@ -100,9 +102,23 @@ def build_request(
     return MCRequest(context=body, continuations=conts)
 
 
+def fixed_request(item: MCItem, chat_template: Callable | None = None) -> MCRequest:
+    """The request an item fixed itself (:attr:`MCItem.contexts` or, templated, :attr:`MCItem.messages`)."""
+    if item.messages:
+        if chat_template is None:
+            raise ValueError(f"item {item.id!r}: the task was built for the chat template; score it with --chat "
+                             "(--apply_chat_template)")
+        contexts = tuple(chat_template([{"role": r, "content": c} for r, c in conv]) for conv in item.messages)
+    else:
+        contexts = item.contexts
+    shared = len(set(contexts)) == 1
+    return MCRequest(context=contexts[0], continuations=item.continuations, contexts=() if shared else contexts)
+
+
 def normalization_lengths(item: MCItem, style: str) -> list[int]:
-    """Characters of each scored continuation, lm-eval's ``acc_norm`` divisor."""
-    if style == "letters":
+    """Characters of each scored continuation, lm-eval's ``acc_norm`` divisor (for a task that fixed its
+    requests, lm-eval's own: the length of each choice as the task defines it, without the delimiter)."""
+    if style == "letters" and not item.fixed_request:
         return [len(option_letter(i)) for i in range(len(item.choices))]
     return [len(c) for c in item.choices]
 

@@ -131,8 +131,8 @@ class Scorer:
     async def score_echo(self, http, req: MCRequest) -> MCScore:
         url = self.client.url("/completions")
 
-        async def option(cont: str) -> tuple[float, int, bool]:
-            ctx, cont = split_context(req.context, cont)
+        async def option(i: int, cont: str) -> tuple[float, int, bool]:
+            ctx, cont = split_context(req.context_of(i), cont)  # partial scoring: each option its own context
             data = await self.client.completion(http, {"prompt": ctx + cont, "max_tokens": 1, "temperature": 0.0,
                                                        "echo": True, "logprobs": 1})
             toks = continuation_tokens(first_logprobs(data, url), len(ctx), len(ctx) + len(cont))
@@ -141,7 +141,7 @@ class Scorer:
                                             "server support echo with logprobs? (try scoring=forced)")
             return sum(float(t.logprob) for t in toks), len(toks), all(is_top(t) for t in toks)
 
-        return mc_score(await gather([option(c) for c in req.continuations]))
+        return mc_score(await gather([option(i, c) for i, c in enumerate(req.continuations)]))
 
     # ------------------------------------------------------------ forced
     async def forced_logprob(self, http, prompt: str, token_id: int, text: str) -> tuple[float, bool]:
@@ -165,13 +165,13 @@ class Scorer:
 
     async def score_forced(self, http, req: MCRequest) -> MCScore:
         tok = self.tokenizer()
-        ctx0, _ = split_context(req.context, "")
-        ctx_ids = await tok.encode(http, ctx0)
+        contexts = {req.context_of(i) for i in range(len(req.continuations))}  # one, or one per option
+        ctx_ids = {c: await tok.encode(http, split_context(c, "")[0]) for c in sorted(contexts)}
 
-        async def option(cont: str) -> tuple[float, int, bool]:
-            ctx, cont = split_context(req.context, cont)
+        async def option(i: int, cont: str) -> tuple[float, int, bool]:
+            ctx, cont = split_context(req.context_of(i), cont)
             whole = await tok.encode(http, ctx + cont)
-            ids = whole[len(ctx_ids):]
+            ids = whole[len(ctx_ids[req.context_of(i)]):]
             if not ids:
                 raise ValueError(f"option {cont!r} adds no tokens to the context")
             # the text of the continuation's first i tokens: a prefix of the real string
@@ -182,7 +182,7 @@ class Scorer:
                                          for i, t in enumerate(ids)))
             return sum(lp for lp, _ in res), len(ids), all(g for _, g in res)
 
-        return mc_score(await gather([option(c) for c in req.continuations]))
+        return mc_score(await gather([option(i, c) for i, c in enumerate(req.continuations)]))
 
     # ------------------------------------------------------------ the probe
     async def probe(self, http) -> str:
