@@ -468,7 +468,8 @@ def test_open_tasks_load_through_the_one_registry(tmp_path, monkeypatch):
     raises(["unknown grader 'nope'", "exact_match, contains"], load_task, "builtin_open@nope")
     raises(["a grader (@contains) applies only to open-ended tasks"], load_task, "builtin@contains")
     raises(["is not an open-ended task", "builtin_open, nq_open"], load_task, "builtin", kind="open")
-    raises(["is not an open-ended task"], load_task, str(tmp_path / "x.jsonl"), kind="open")
+    (tmp_path / "x.jsonl").write_text('{"question": "q", "choices": ["a", "b"], "answer": 0}\n')
+    raises(["is not an open-ended task"], load_task, str(tmp_path / "x.jsonl"), kind="open")  # a multiple-choice file
     raises(["unexpected 'x'"], load_task, "builtin_open:x")
     raises(["LLMCAL_DATA", "--data_dir"], load_task, "gsm8k")  # open tasks use the data folder too
 
@@ -597,8 +598,8 @@ def test_a_huge_question_is_refused_before_the_model_loads(tmp_path, capsys):
 
 @pytest.mark.parametrize("spec,words", [
     ("gsm8k:foo", ["gsm8k", "unknown split 'foo'", "test"]),
-    ("nq_open:/path/file.jsonl", ["nq_open", "'/path/file.jsonl'", "file path", "nq_open_dev.jsonl"]),
-    ("nq_open:data/mine.jsonl", ["file path"]),
+    ("nq_open:/path/file.jsonl", ["nq_open", "/path/file.jsonl", "the file given after the colon does not exist"]),
+    ("nq_open:data/mine.jsonl", ["data/mine.jsonl", "does not exist"]),  # read if it exists, never the public set
     ("builtin_open:typo", ["builtin_open", "'typo'"]),
     ("builtin:typo", ["builtin", "'typo'"]),
     ("builtin_open:", ["builtin_open"]),
@@ -612,3 +613,155 @@ def test_an_unknown_suffix_after_a_colon_is_refused(spec, words, tmp_path):
     write(data / "nq_open_dev.jsonl", json.dumps({"question": "q?", "answer": ["a"]}) + "\n")
     write(data / "arc_easy_dev.jsonl", json.dumps(arc_rec("x", "AB", "A")) + "\n")
     raises(words, load_task, spec, data_dir=data)
+
+
+# ------------------------------------------------------------------ graders against hand labels
+
+GRADING_SAMPLE = Path(__file__).parent / "fixtures" / "grading_sample.jsonl"
+
+
+def _grading_rows():
+    return [json.loads(line) for line in GRADING_SAMPLE.read_text().splitlines() if line.strip()]
+
+
+def test_contains_agrees_with_the_hand_labels_and_the_echo_rule_is_what_helps():
+    """docs/tasks.md states these numbers: 59 of 63 hand labels (93.7%), against 43 (68.3%) for plain containment."""
+    from llmcal.core.text import normalize
+    from llmcal.tasks.graders import contains
+
+    def plain(answer, aliases):  # the grader before the rules: a normalized alias among the answer's words
+        return any(f" {normalize(a)} " in f" {normalize(answer)} " for a in aliases if normalize(a))
+
+    rows = _grading_rows()
+    assert len(rows) == 63 and all(set(r) == {"question", "aliases", "answer", "label", "note"} for r in rows)
+    assert sum(r["label"] for r in rows) == 32  # right answers; 31 wrong
+    with_rules = [contains(r["answer"], r["aliases"], r["question"]) for r in rows]
+    without = [plain(r["answer"], r["aliases"]) for r in rows]
+    agree = sum(g == r["label"] for g, r in zip(with_rules, rows))
+    agree_old = sum(g == r["label"] for g, r in zip(without, rows))
+    assert (agree, agree_old) == (59, 43)
+    false_credit_old = sorted(r["note"] for g, r in zip(without, rows) if g and not r["label"])
+    assert false_credit_old == ["echo"] * 10 + ["hedged wrong"] + ["negated number"] + ["negation"] * 5
+    # every echo and negation row: the plain grader credited it, the rules do not
+    fixed = [i for i, r in enumerate(rows) if r["note"] in ("echo", "negation", "negated number") and not r["label"]]
+    assert len(fixed) == 16 and all(without[i] and not with_rules[i] for i in fixed)
+    # what is still missed is recall (aliases the data does not list, a paraphrase), plus one hedge
+    missed = {rows[i]["note"] for i, (g, r) in enumerate(zip(with_rules, rows)) if g != r["label"]}
+    assert missed == {"paraphrase the grader misses", "short form not among aliases",
+                      "surname only, not among aliases", "hedged wrong"}
+
+
+def test_contains_echo_and_negation_rules():
+    from llmcal.tasks.graders import contains, grade, token_f1
+
+    q = "who voices olaf in the movie frozen"
+    assert not contains("Olaf is a snowman, the voice is not mentioned.", ["Olaf"], q)
+    assert contains("Olaf", ["Olaf"], q)  # the whole answer is the alias: the model did answer it
+    assert contains("Olaf is voiced by Josh Gad.", ["Josh Gad", "Olaf"], q)
+    assert not contains("It is not Paris.", ["Paris"]) and contains("Not Lyon but Paris.", ["Paris"])
+    assert contains("Paris, not Lyon.", ["Paris"])
+    assert not grade("contains", "The movie Frozen stars Olaf.", ["Olaf"], question=q)
+    assert grade("contains", "The movie Frozen stars Olaf.", ["Olaf"])  # no question given: no echo rule
+    assert not token_f1("the snowman olaf", ["Olaf the snowman"], "is olaf the snowman in frozen")
+    assert token_f1("Olaf the snowman", ["Olaf the snowman"], "is olaf the snowman in frozen")
+
+
+# ------------------------------------------------------------------ any data file
+
+MMLU_ROWS = 'What is 2+2?,3,4,5,6,B\nWhat is 3+3?,6,7,8,9,A\n'
+
+
+def test_headerless_mmlu_csv_keeps_its_first_row_and_a_header_can_be_declared(tmp_path):
+    p = tmp_path / "astronomy_test.csv"
+    p.write_text(MMLU_ROWS)
+    items = load_task(str(p))
+    assert [it.question for it in items] == ["What is 2+2?", "What is 3+3?"]  # the first row is an item
+    assert [it.answer for it in items] == [1, 0] and items[0].choices == ("3", "4", "5", "6")
+    with pytest.raises(TaskError, match="field 'question' or 'question' is missing|is missing"):
+        load_task(str(p) + "[header=yes]")  # declared: the first row names the columns, so no 'question'
+    odd = tmp_path / "odd.csv"
+    odd.write_text("a,b,c\nd,e,f\n")
+    with pytest.raises(TaskError, match=r"odd.csv line 1: the first row \(3 cells\).*--fields question=0"):
+        load_task(str(odd))
+    assert [it.question for it in load_task(str(odd) + "[question=0,choices=1|2,answer=1:text,header=no]")] == ["a", "d"]
+
+
+def test_a_folder_of_mmlu_csvs_is_one_task_with_a_subject_per_file(tmp_path):
+    (tmp_path / "algebra_test.csv").write_text(MMLU_ROWS)
+    (tmp_path / "anatomy_test.csv").write_text("Which organ pumps blood?,heart,liver,lung,skin,A\n")
+    items = load_task(str(tmp_path))
+    assert len(items) == 3 and {it.task for it in items} == {tmp_path.name}
+    assert [it.meta["subject"] for it in items] == ["algebra", "algebra", "anatomy"]
+    assert len({it.id for it in items}) == 3
+    mm = load_task(f"mmlu:{tmp_path}")
+    assert {it.task for it in mm} == {"mmlu"} and [it.meta["subject"] for it in mm][-1] == "anatomy"
+
+
+def test_open_ended_files_with_alias_lists(tmp_path):
+    csv_path = tmp_path / "qa.csv"
+    csv_path.write_text("question,aliases\nwho wrote hamlet,Shakespeare|William Shakespeare\n")
+    jl = tmp_path / "qa.jsonl"
+    jl.write_text('{"question": "capital of france", "answers": ["Paris"], "grader": "exact_match"}\n')
+    (it,) = load_task(str(csv_path))
+    assert isinstance(it, OpenItem) and it.answers == ("Shakespeare", "William Shakespeare") and it.grader == "contains"
+    assert task_kind(str(csv_path)) == "open" and task_kind(str(jl)) == "open"
+    (it,) = load_task(str(jl))
+    assert it.grader == "exact_match"
+    with pytest.raises(TaskError, match="not an open-ended task|open-ended task, not multiple-choice"):
+        load_task(str(jl), kind="mc")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q", "answers": []}\n')
+    with pytest.raises(TaskError, match=r"bad.jsonl line 1: .*'answers' must be a non-empty list"):
+        load_task(str(bad))
+
+
+def test_a_registered_open_task_reads_the_file_it_is_given(tmp_path):
+    nq = tmp_path / "mine.jsonl"
+    nq.write_text('{"question": "who?", "answer": ["me"]}\n{"question": "what?", "answer": ["it"]}\n')
+    items = load_task(f"nq_open:{nq}")
+    assert [it.question for it in items] == ["who?", "what?"]  # this file, never the public set
+    with pytest.raises(TaskError, match=r"nope.jsonl: task 'nq_open': the file given after the colon does not exist"):
+        load_task(f"nq_open:{tmp_path / 'nope.jsonl'}")
+    with pytest.raises(TaskError, match="task 'arc_easy' reads only its own data-folder files"):
+        load_task(f"arc_easy:{nq}")
+
+
+def test_fields_on_the_command_line_and_in_yaml(tmp_path):
+    from llmcal.cli.commands import run_config
+    from llmcal.cli.main import build_parser
+    from llmcal.tasks.formats import fields_spec
+
+    wino = tmp_path / "wino.csv"
+    wino.write_text("sentence,option1,option2,answer\nThe trophy did not fit because _ was too big.,trophy,"
+                    "suitcase,1\nThe cat chased _ up the tree.,the mouse,the dog,2\n")
+    fields = "question=sentence,choices=option1|option2,answer=answer:index1"
+    args = build_parser().parse_args(["run", "--tasks", f"builtin,{wino}", "--fields", fields])
+    cfg = run_config(args)
+    assert tuple(cfg.tasks) == ("builtin", f"{wino}[{fields}]")
+    items = load_task(cfg.tasks[1])
+    assert [it.answer for it in items] == [0, 1] and items[1].choices == ("the mouse", "the dog")
+    y = tmp_path / "fields.yaml"
+    y.write_text("question: sentence\nchoices: [option1, option2]\nanswer: answer:index1\n")
+    assert fields_spec(str(y)) == fields
+    y.write_text("question: sentence\nchoises: [option1, option2]\n")
+    with pytest.raises(TaskError, match=r"fields.yaml: --fields: mapping: unknown key 'choises'"):
+        fields_spec(str(y))
+    with pytest.raises(TaskError, match="applies to data files"):
+        run_config(build_parser().parse_args(["run", "--tasks", "builtin", "--fields", fields]))
+    with pytest.raises(TaskError, match=r"wino.csv line 2: field 'question' is missing \(name the question field: "
+                                        r"--fields question=FIELD"):
+        load_task(str(wino))
+
+
+def test_tasks_command_lists_every_kind_and_checks_the_data_folder(tmp_path, capsys):
+    from llmcal.cli.main import main
+
+    (tmp_path / "nq_open_dev.jsonl").write_text('{"question": "q", "answer": ["a"]}\n')
+    assert main(["tasks", "--data_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in out.splitlines() if line and not line.startswith(" ")}
+    assert set(available_tasks()) <= set(rows)  # both kinds
+    assert " ready " in rows["nq_open"] and "missing gsm8k_test.jsonl" in rows["gsm8k"]
+    assert "embedded" in rows["builtin_open"] and "lmeval:NAME" in out and "FOLDER" in out
+    assert main(["tasks", "--data_dir", str(tmp_path / "absent")]) == 2
+    assert "does not exist" in capsys.readouterr().err

@@ -11,7 +11,9 @@ combine`` stores under ``results.json["probe"]`` (``methods``, ``split``,
 from __future__ import annotations
 
 import html
-from typing import Any
+from typing import Any, Mapping
+
+from llmcal.report.view import interval, num, reduction_interval
 
 ORDER = ("internal", "option_prob_norm", "margin", "entropy", "internal+temperature", "internal+platt",
          "internal+isotonic", "internal+beta", "internal+histogram", "external", "combined")
@@ -22,7 +24,7 @@ DESCRIPTIONS = {
     "margin": "raw, top-1 minus top-2 option probability",
     "entropy": "raw, 1 - normalized entropy over the options",
     "internal+temperature": "temperature scaling of the option log-likelihoods, fitted on the calibration part",
-    "external": "probe on the hidden state of the last prompt token + cheap input/output features",
+    "external": "probe on {states} + cheap input/output features",
     "combined": "logistic stack of the internal signals and the probe, then a calibrator",
 }
 
@@ -39,10 +41,36 @@ def _pct(x: Any) -> str:
     return "n/a" if x is None or x != x else f"{100 * x:+.0f}%"
 
 
-def _ci(ci: Any, fmt=_f) -> str:
-    if not ci or ci[0] is None:
-        return ""
-    return f"<br><small>[{fmt(ci[0])}, {fmt(ci[1])}]</small>"
+#: what each hidden-state position is, in the report's words
+POSITION_WORDS = {"last_prompt": "the hidden state of the last prompt token",
+                  "answer_mean": "the hidden states averaged over the answer's tokens"}
+#: the metrics of the methods table whose values lie in [0, 1]
+UNIT_RANGE = (0.0, 1.0)
+
+
+def probe_positions(probe_results: Mapping[str, Any], config: Mapping[str, Any] | None = None) -> list[str]:
+    """The token positions the probe read: as set, else the default (the answer mean when the run kept it).
+
+    A run measured with hidden layers keeps both positions and the probe's default is the
+    answer mean (:func:`llmcal.probe.protocol.default_positions`); a run without them has
+    no external probe.
+    """
+    settings = probe_results.get("settings") or {}
+    if settings.get("positions"):
+        return [str(p) for p in settings["positions"]]
+    kept = (config or {}).get("hidden_positions")
+    if kept:
+        return ["answer_mean"] if "answer_mean" in kept else ["last_prompt"]
+    return ["answer_mean"] if (config or {}).get("hidden_layers") else ["last_prompt"]
+
+
+def states_phrase(positions: list[str]) -> str:
+    return " and ".join(POSITION_WORDS.get(p, p) for p in positions)  # plain text: the template escapes it
+
+
+def _same_numbers(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    keys = ("mean_confidence", "overconfidence", "ece", "brier", "auroc")
+    return all(a.get(k) == b.get(k) for k in keys) and any(a.get(k) is not None for k in keys)
 
 
 def _ordered(names) -> list[str]:
@@ -51,26 +79,36 @@ def _ordered(names) -> list[str]:
     return first + [n for n in names if n not in first]
 
 
-def _methods_table(methods: dict[str, Any]) -> str:
-    head = ("<tr><th class='l'>confidence</th><th>mean confidence</th><th>overconfidence</th><th>ECE</th>"
-            "<th>Brier</th><th>AUROC</th><th>ECE vs internal</th><th>|overconfidence| vs internal</th></tr>")
-    rows = []
+def methods_rows(methods: Mapping[str, Any], states: str) -> list[dict[str, Any]]:
+    """The methods table's rows, formatted; methods with identical numbers share a row ("a = b")."""
+    shown: list[str] = []
+    same: dict[str, list[str]] = {}
     for name in _ordered(methods):
+        twin = next((k for k in shown if _same_numbers(methods[k], methods[name])), None)
+        if twin is None:
+            shown.append(name)
+        else:  # an imported run with no per-token scores: option_prob_norm is option_prob
+            same.setdefault(twin, []).append(name)
+    rows = []
+    for name in shown:
         m = methods[name]
         ci = m.get("ci95", {})
         vs = m.get("vs_internal") or {}
         desc = DESCRIPTIONS.get(name) or ("the same calibrator on option_prob alone" if name.startswith("internal+")
                                           else "")
-        label = f"<b>{html.escape(name)}</b>" if name in ("internal", "external", "combined") else html.escape(name)
-        rows.append(
-            f"<tr><td class='l'>{label}<br><small class='muted'>{html.escape(desc)}</small></td>"
-            f"<td>{_f(m.get('mean_confidence'))}</td><td>{_f(m.get('overconfidence'))}</td>"
-            f"<td>{_f(m.get('ece'))}{_ci(ci.get('ece'))}</td><td>{_f(m.get('brier'))}{_ci(ci.get('brier'))}</td>"
-            f"<td>{_f(m.get('auroc'))}{_ci(ci.get('auroc'))}</td>"
-            f"<td>{_pct(vs.get('ece_reduction')) if vs else ''}{_ci(vs.get('ece_reduction_ci95'), _pct)}</td>"
-            f"<td>{_pct(vs.get('overconfidence_reduction')) if vs else ''}"
-            f"{_ci(vs.get('overconfidence_reduction_ci95'), _pct)}</td></tr>")
-    return f"<table>{head}{''.join(rows)}</table>"
+        desc = desc.format(states=states)
+        if same.get(name):
+            desc += " (identical numbers: this run records no difference between them)"
+        rows.append({
+            "name": name, "same": same.get(name, []), "bold": name in ("internal", "external", "combined"),
+            "description": desc, "mean_confidence": num(m.get("mean_confidence")),
+            "overconfidence": num(m.get("overconfidence")),
+            "cells": [{"value": num(m.get(k)), "interval": interval(ci.get(k), *UNIT_RANGE, fmt=num)}
+                      for k in ("ece", "brier", "auroc")],
+            "reductions": [{"value": _pct(vs.get(k)) if vs else "", "interval": reduction_interval(vs.get(f"{k}_ci95"))}
+                           for k in ("ece_reduction", "overconfidence_reduction")],
+        })
+    return rows
 
 
 def _shift_html(shift: dict[str, Any]) -> str:
@@ -153,39 +191,30 @@ def _learning_html(lc: dict[str, Any]) -> str:
     return "".join(parts)
 
 
-def render_probe_section(probe_results: dict[str, Any]) -> str:
-    """HTML comparing internal, external and combined confidence (see the module docstring)."""
+def render_probe_section(probe_results: dict[str, Any], config: Mapping[str, Any] | None = None) -> str:
+    """HTML comparing internal, external and combined confidence (see the module docstring).
+
+    ``config``: the run's configuration, to say which hidden states the probe read when
+    its settings left the position to the default.  The in-task part is the
+    ``probe.html.j2`` template; the shift matrix and learning curve follow it.
+    """
     if not probe_results:
         return ""
-    e = html.escape
-    parts = ["<h2>Internal, external and combined confidence</h2>"]
-    split = probe_results.get("split") or {}
-    settings = probe_results.get("settings") or {}
+    from markupsafe import Markup
+
+    from llmcal.report.html import environment
+
     methods = probe_results.get("methods") or {}
-    if methods:
-        parts.append(
-            "<p class='muted'>The <b>internal</b> signal is the model's own option probability. The <b>external</b> "
-            "probe reads the hidden state of the last prompt token (captured in the same forward pass that "
-            "scored the options; no extra model call) together with cheap input/output features, and predicts "
-            "whether the answer is right (Kadavath et al. 2022; Azaria &amp; Mitchell 2023; Liu et al. 2024). "
-            "<b>combined</b> stacks both with a logistic regression and calibrates the result. Everything is "
-            f"fitted on the calibration part ({e(str(split.get('n_cal', '?')))} items) and measured on the "
-            f"test part ({e(str(split.get('n_test', '?')))} items); 95% bootstrap intervals below the values; "
-            f"probe: {e(str(settings.get('probe', 'logistic')))}, calibrator "
-            f"{e(str(settings.get('calibrator', 'platt')))}.</p>")
-        parts.append(_methods_table(methods))
-        best = probe_results.get("best_single")
-        comb = methods.get("combined")
-        if best and comb:
-            verdict = "higher than" if probe_results.get("combined_beats_best_single_auroc") else "not above"
-            parts.append(f"<p>AUROC of combined {_f(comb.get('auroc'))} is {verdict} the best single signal "
-                         f"({e(str(best))}, {_f(probe_results.get('best_single_auroc'))}).</p>")
-        w = probe_results.get("combined_weights")
-        if w:
-            parts.append("<p class='muted'>Stacker weights (per unit of each input's logit): "
-                         + ", ".join(f"{e(k)} {_f(v)}" for k, v in w.items()) + ".</p>")
-    if probe_results.get("shift"):
-        parts.append(_shift_html(probe_results["shift"]))
-    if probe_results.get("learning_curve"):
-        parts.append(_learning_html(probe_results["learning_curve"]))
-    return "\n".join(parts)
+    states = states_phrase(probe_positions(probe_results, config))
+    best, comb = probe_results.get("best_single"), methods.get("combined")
+    weights = probe_results.get("combined_weights") or {}
+    return environment().get_template("probe.html.j2").render(
+        methods=methods_rows(methods, states) if methods else [], states=states,
+        split=probe_results.get("split") or {}, settings=probe_results.get("settings") or {},
+        best=best if best and comb else None, combined_auroc=num((comb or {}).get("auroc")),
+        beats=bool(probe_results.get("combined_beats_best_single_auroc")),
+        best_auroc=num(probe_results.get("best_single_auroc")),
+        weights=[(k, num(v)) for k, v in weights.items()],
+        shift=Markup(_shift_html(probe_results["shift"])) if probe_results.get("shift") else None,
+        learning=Markup(_learning_html(probe_results["learning_curve"])) if probe_results.get("learning_curve")
+        else None)

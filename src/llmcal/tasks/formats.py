@@ -22,6 +22,7 @@ import csv
 import io
 import json
 import re
+from dataclasses import replace
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,10 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: Keys a mapping may set.  ``question``, ``choices``, ``answer`` and ``id``
 #: name fields; ``meta`` names fields (``|``-separated) copied into
 #: ``MCItem.meta``; ``answer_type`` says how to read the answer.
-MAPPING_KEYS = ("question", "choices", "answer", "id", "meta", "answer_type")
+#: ``answers`` (an alias list) and ``grader`` read an open-ended file; ``header`` (yes/no/auto)
+#: says whether a CSV's first row names its columns.
+MAPPING_KEYS = ("question", "choices", "answer", "id", "meta", "answer_type", "answers", "grader", "header")
+HEADER_VALUES = ("auto", "yes", "no")
 ANSWER_TYPES = ("auto", "index", "index1", "letter", "label", "text")
 
 # Field names tried, in order, where the mapping does not name one.
@@ -285,6 +289,45 @@ def make_item(
 # --------------------------------------------------------------------------- generic format
 
 
+def fields_spec(value: str) -> str:
+    """``--fields``: a ``key=field,...`` string as given, or a YAML file of ``key: field`` pairs as that string.
+
+    Errors name the YAML file (and the key) so that a user finds the line to fix.
+    """
+    value = value.strip()
+    if not value.lower().endswith((".yaml", ".yml")):
+        parse_mapping(value)  # checked now, before any model is loaded
+        return value
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise TaskError("--fields: the fields YAML file does not exist", source=path)
+    import yaml
+
+    try:
+        data = yaml.safe_load(_read_text(path))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        raise TaskError(f"--fields: not valid YAML ({getattr(e, 'problem', e)})", source=path,
+                        line=mark.line + 1 if mark is not None else None) from None
+    if not isinstance(data, Mapping) or not data:
+        raise TaskError("--fields: the YAML file must map keys to field names (question: sentence ...; keys: "
+                        f"{', '.join(MAPPING_KEYS)})", source=path)
+    parts = []
+    for key, field in data.items():
+        if isinstance(field, list):
+            field = "|".join(str(f) for f in field)  # choices: [option1, option2]
+        if not isinstance(field, (str, int)) or isinstance(field, bool) or "," in str(field):
+            raise TaskError(f"--fields: {key}: expected a field name (or a list of them for choices), got "
+                            f"{field!r}", source=path, field=str(key))
+        parts.append(f"{key}={field}")
+    spec = ",".join(parts)
+    try:
+        parse_mapping(spec)
+    except TaskError as e:
+        raise TaskError(f"--fields: {e.detail}", source=path, field=e.field) from None
+    return spec
+
+
 def parse_mapping(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
     """A field mapping from ``"question=stem,choices=options,answer=label"`` or a dict.
 
@@ -303,7 +346,10 @@ def parse_mapping(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
                 raise TaskError(f"mapping {mapping!r}: {part!r} is not key=field "
                                 f"(keys: {', '.join(MAPPING_KEYS)})", field=part)
             key, _, value = part.partition("=")
-            out[key.strip()] = value.strip()
+            key, value = key.strip(), value.strip()
+            if key == "answer" and ":" in value and value.rsplit(":", 1)[1] in ANSWER_TYPES:
+                value, out["answer_type"] = value.rsplit(":", 1)  # answer=FIELD:TYPE
+            out[key] = value
         mapping = out
     result: dict[str, str] = {}
     for key, value in mapping.items():
@@ -312,6 +358,9 @@ def parse_mapping(mapping: str | Mapping[str, str] | None) -> dict[str, str]:
         if not isinstance(value, str) or not value.strip():
             raise TaskError(f"mapping: {key}= needs a field name", field=key)
         result[key] = value.strip()
+    if result.get("header", "auto") not in HEADER_VALUES:
+        raise TaskError(f"mapping: header={result['header']!r} is not one of {', '.join(HEADER_VALUES)}",
+                        field="header")
     if result.get("answer_type", "auto") not in ANSWER_TYPES:
         raise TaskError(f"mapping: answer_type={result['answer_type']!r} is not one of "
                         f"{', '.join(ANSWER_TYPES)}", field="answer_type")
@@ -328,7 +377,8 @@ def _pick_field(record: Mapping[str, Any], key: str, mapping: dict[str, str], wh
         if value is not None:
             return name, value
     tried = " or ".join(repr(n) for n in DEFAULT_FIELDS[key])
-    raise TaskError(f"field {tried} is missing (name the {key} field with a mapping: {key}=FIELD)",
+    raise TaskError(f"field {tried} is missing (name the {key} field: --fields {key}=FIELD on the command "
+                    f"line, a fields YAML file, or mapping={{'{key}': FIELD}} in Python)",
                     field=DEFAULT_FIELDS[key][0], **where)
 
 
@@ -496,6 +546,16 @@ def resolve_answer(
     return next(iter(readings.values()))
 
 
+def _question_of(record: Any, m: dict[str, str], source: str | Path, number: int,
+                 unit: str) -> tuple[dict[str, Any], str]:
+    """(where, question text) of one record of either kind, or :class:`TaskError` at its line."""
+    where = {"source": source, "line": number, "unit": unit}
+    if not isinstance(record, Mapping):
+        raise TaskError(f"expected a record with fields, got {_jtype(record)}", **where)
+    qfield, qvalue = _pick_field(record, "question", m, where)
+    return where, require_str(qvalue, qfield, **where)
+
+
 def records_to_items(
     records: Iterable[tuple[int, Mapping[str, Any]]],
     *,
@@ -515,11 +575,7 @@ def records_to_items(
     items: list[MCItem] = []
     seen: dict[str, int] = {}
     for number, record in records:
-        where = {"source": source, "line": number, "unit": unit}
-        if not isinstance(record, Mapping):
-            raise TaskError(f"expected a record with fields, got {_jtype(record)}", **where)
-        qfield, qvalue = _pick_field(record, "question", m, where)
-        question = require_str(qvalue, qfield, **where)
+        where, question = _question_of(record, m, source, number, unit)
         cfield, choices, labels = _read_choices(record, m, where)
         if len(choices) < 2:
             raise TaskError(f"field {cfield!r} holds {len(choices)} choice(s); at least 2 are needed",
@@ -551,28 +607,155 @@ def records_to_items(
 
 
 GENERIC_SUFFIXES = (".jsonl", ".json", ".csv")
+#: the open-ended format's alias-list field names, tried in order; a CSV cell splits at ``|``
+ANSWERS_FIELDS = ("answers", "aliases", "answer")
+#: a headerless CSV row of six cells ending in A-D is MMLU's layout
+MMLU_ROW_MAPPING = {"question": "0", "choices": "1|2|3|4", "answer": "5", "answer_type": "letter"}
+
+
+def _field_names(mapping: Mapping[str, str]) -> set[str]:
+    names = {n.lower() for names in DEFAULT_FIELDS.values() for n in names} | {n.lower() for n in ANSWERS_FIELDS}
+    for key in ("question", "choices", "answer", "id", "answers", "meta"):
+        names |= {n.strip().lower() for n in mapping.get(key, "").split("|") if n.strip()}
+    return names
+
+
+def csv_has_header(path: Path, mapping: Mapping[str, str]) -> bool:
+    """Whether the CSV's first row names its columns: as declared (``header=yes|no``), else
+    when a cell of it is a field name the format or the mapping uses (``question``, ``answer``...)."""
+    declared = mapping.get("header", "auto")
+    if declared != "auto":
+        return declared == "yes"
+    first = next(iter_csv(path, header=False), None)
+    if first is None:
+        return True
+    return any(c.strip().lower() in _field_names(mapping) for c in first[1])
+
+
+def _csv_records(path: Path, m: dict[str, str]) -> tuple[Iterable[tuple[int, Mapping[str, Any]]], dict[str, str]]:
+    """A CSV's records as dicts (a headerless file's columns are named "0", "1", ...) and the mapping to use."""
+    if csv_has_header(path, m):
+        return iter_csv(path, header=True), m
+    rows = list(iter_csv(path, header=False))
+    if not any(k in m for k in ("question", "choices", "answer", "answers")):
+        first = rows[0][1] if rows else []
+        if len(first) == 6 and first[5].strip() in ("A", "B", "C", "D"):
+            m = {**MMLU_ROW_MAPPING, **m}
+        else:
+            raise TaskError(f"the first row ({len(first)} cells) names no column this format knows and is not an "
+                            "MMLU row (question, A, B, C, D, letter): name the columns with --fields "
+                            "question=0,choices=1|2|3,answer=4 (headerless columns are numbered from 0), or "
+                            "declare header=yes", source=path, line=rows[0][0] if rows else None)
+    return [(line, {str(i): c for i, c in enumerate(row)}) for line, row in rows], m
+
+
+def _records(path: Path, m: dict[str, str]) -> tuple[Iterable[tuple[int, Mapping[str, Any]]], dict[str, str]]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        return iter_jsonl(path), m
+    if suffix == ".json":
+        return ((line, obj) for line, _, obj in iter_json_list(path)), m
+    if suffix == ".csv":
+        return _csv_records(path, m)
+    raise TaskError(f"unknown file type {suffix or '(none)'!r}; use {', '.join(GENERIC_SUFFIXES)}", source=path)
+
+
+def _is_open(record: Mapping[str, Any], m: Mapping[str, str]) -> bool:
+    """An open-ended record: no choices, and an alias list (or a mapped ``answers`` field)."""
+    if "choices" in m or any(get_field(record, n, None) is not None for n in DEFAULT_FIELDS["choices"]):
+        return False
+    if "answers" in m:
+        return True
+    if any(get_field(record, n, None) is not None for n in ANSWERS_FIELDS[:2]):  # answers, aliases
+        return True
+    return isinstance(get_field(record, "answer", None), list)  # NQ-open's {"answer": [...]}
+
+
+def generic_kind(path: str | Path, mapping: str | Mapping[str, str] | None = None) -> str:
+    """``"mc"`` or ``"open"`` for a generic file (or folder), from its first record only."""
+    path = Path(path)
+    m = parse_mapping(mapping)
+    files = folder_files(path) if path.is_dir() else [path]
+    records, m = _records(files[0], m)
+    first = next(iter(records), None)
+    return "open" if first is not None and isinstance(first[1], Mapping) and _is_open(first[1], m) else "mc"
+
+
+def _aliases(value: Any, field: str, where: dict) -> tuple[str, ...]:
+    if isinstance(value, str):
+        value = [a for a in (x.strip() for x in value.split("|")) if a]
+    if not isinstance(value, list) or not value or not all(isinstance(a, (str, int, float)) for a in value):
+        raise TaskError(f"field {field!r} must be a non-empty list of answers (a CSV cell: answers joined "
+                        "by '|')", field=field, **where)
+    return tuple(str(a).strip() for a in value if str(a).strip())
+
+
+def records_to_open_items(records: Iterable[tuple[int, Mapping[str, Any]]], *, task: str, source: str | Path,
+                          m: dict[str, str], unit: str = "line") -> list[Any]:
+    """Open-ended items (question + accepted answers), graded ``contains`` unless a ``grader`` field says."""
+    from llmcal.core.items import OpenItem
+
+    items: list[Any] = []
+    for number, record in records:
+        where, question = _question_of(record, m, source, number, unit)
+        if "answers" in m:
+            afield = m["answers"]
+            avalue = get_field(record, afield, **where)
+        else:
+            afield = next((n for n in ANSWERS_FIELDS if get_field(record, n, None) is not None), ANSWERS_FIELDS[0])
+            avalue = get_field(record, afield, **where)
+        answers = _aliases(avalue, afield, where)
+        grader = m.get("grader") or get_field(record, "grader", None) or "contains"
+        rid = get_field(record, m.get("id", "id"), None)
+        item_id = f"{task}-{str(rid).strip()}" if rid not in (None, "") else f"{task}-{number}"
+        items.append(OpenItem(id=item_id, task=task, question=question, answers=answers, grader=str(grader),
+                              meta={"source": str(source), unit: number}))
+    if not items:
+        raise TaskError("no items (the file is empty)", source=source)
+    return items
+
+
+def folder_files(path: Path) -> list[Path]:
+    """The task files of a folder, sorted: every ``.csv`` / ``.jsonl`` / ``.json`` directly inside."""
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in GENERIC_SUFFIXES)
+    if not files:
+        raise TaskError(f"the folder holds no {', '.join(GENERIC_SUFFIXES)} file", source=path)
+    return files
+
+
+def _subject(stem: str) -> str:
+    m = re.fullmatch(r"(.+)_(dev|val|test)", stem)  # MMLU's <subject>_<split>.csv
+    return m.group(1) if m else stem
 
 
 def load_generic(
     path: str | Path,
     mapping: str | Mapping[str, str] | None = None,
     task: str | None = None,
-) -> list[MCItem]:
-    """Items from a ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` (with a header) file.
+) -> list[Any]:
+    """Items from a ``.jsonl``, ``.json`` (a list of objects) or ``.csv`` file, or a folder of them.
 
-    ``task`` defaults to the file's stem.  See :func:`records_to_items` and
-    ``docs/tasks.md`` for the fields and the mapping.
+    ``task`` defaults to the file's (or folder's) stem.  A CSV's header is detected
+    (:func:`csv_has_header`) or declared (``header=yes|no``); a headerless six-column
+    CSV is read as MMLU's rows.  Records without choices but with an alias list
+    (``answers`` / ``aliases``) are open-ended (:class:`~llmcal.core.items.OpenItem`).
+    A folder's files are one task; each file's stem (MMLU's ``<subject>_<split>``
+    gives the subject) is its items' ``subject``, for the per-subtask breakdown.  See
+    :func:`records_to_items` and ``docs/tasks.md``.
     """
     path = Path(path)
-    suffix = path.suffix.lower()
+    if path.is_dir():
+        task = task or path.name
+        items: list[Any] = []
+        for f in folder_files(path):
+            sub = _subject(f.stem)
+            for it in load_generic(f, mapping, task=f"{task}-{sub}"):
+                items.append(replace(it, task=task, meta={**it.meta, "subject": sub}))
+        return items
     task = task or path.stem
-    if suffix == ".jsonl":
-        records: Iterable[tuple[int, Mapping[str, Any]]] = iter_jsonl(path)
-    elif suffix == ".json":
-        records = ((line, obj) for line, _, obj in iter_json_list(path))
-    elif suffix == ".csv":
-        records = iter_csv(path, header=True)
-    else:
-        raise TaskError(f"unknown file type {suffix or '(none)'!r}; use {', '.join(GENERIC_SUFFIXES)}",
-                        source=path)
-    return records_to_items(records, task=task, source=path, mapping=mapping)
+    m = parse_mapping(mapping)
+    records, m = _records(path, m)
+    records = list(records)
+    if records and isinstance(records[0][1], Mapping) and _is_open(records[0][1], m):
+        return records_to_open_items(records, task=task, source=path, m=m)
+    return records_to_items(records, task=task, source=path, mapping=m)

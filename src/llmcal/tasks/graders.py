@@ -9,6 +9,13 @@
   grading for open-domain QA with chat models (e.g. Kandpal et al. 2023,
   Mallen et al. 2023).  A reference of a single short stop-word-like token can
   make it lenient; the built-in and NQ-open references are names and numbers.
+  Two rules keep it from crediting what is not an answer (checked against a
+  hand-labelled sample, ``tests/fixtures/grading_sample.jsonl``; the agreement is
+  in docs/tasks.md): an alias that already appears in the question is credited
+  only when it is the whole answer (a model that repeats the question's "Olaf"
+  and then says it does not know has not answered), and an alias directly
+  negated ("not Paris", "isn't 1969"; a negation word among the three words
+  before it, with no "but" in between) does not count.
 * ``token_f1``: the best token-level F1 against any reference (SQuAD's F1) is
   at least ``F1_THRESHOLD`` (0.5).
 * ``numeric``: GSM8K's rule: the last number in the answer (commas and a
@@ -32,14 +39,53 @@ F1_THRESHOLD = 0.5
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 
 
-def exact_match(answer: str, references: Sequence[str]) -> bool:
+#: words that negate the alias right after them ("isn't" normalizes to "isnt")
+NEGATIONS = frozenset({"not", "no", "never", "isnt", "wasnt", "arent", "werent", "doesnt", "didnt", "dont",
+                       "neither", "nor", "cannot", "cant"})
+#: how many words before an alias a negation reaches
+NEGATION_WINDOW = 3
+
+
+def exact_match(answer: str, references: Sequence[str], question: str = "") -> bool:
     a = normalize(answer)
     return any(a == normalize(r) for r in references if normalize(r))
 
 
-def contains(answer: str, references: Sequence[str]) -> bool:
-    a = f" {normalize(answer)} "
-    return any(f" {normalize(r)} " in a for r in references if normalize(r))
+def _occurrences(words: list[str], ref: list[str]) -> list[int]:
+    k = len(ref)
+    return [i for i in range(len(words) - k + 1) if words[i:i + k] == ref]
+
+
+def _negated(words: list[str], start: int) -> bool:
+    before = words[max(0, start - NEGATION_WINDOW):start]
+    for j in range(len(before) - 1, -1, -1):  # nearest first: a "but" after the negation lifts it
+        if before[j] == "but":
+            return False
+        if before[j] in NEGATIONS:
+            return True
+    return False
+
+
+def echoed(reference: str, question: str) -> bool:
+    """Whether the normalized ``reference`` appears in the normalized ``question`` as whole words."""
+    r = normalize(reference)
+    return bool(r) and f" {r} " in f" {normalize(question)} "
+
+
+def contains(answer: str, references: Sequence[str], question: str = "") -> bool:
+    """A reference among the answer's words, not negated; one already in the question only as the whole answer."""
+    words = normalize(answer).split()
+    for r in references:
+        ref = normalize(r).split()
+        if not ref:
+            continue
+        if question and echoed(r, question):
+            if words == ref:
+                return True
+            continue
+        if any(not _negated(words, i) for i in _occurrences(words, ref)):
+            return True
+    return False
 
 
 def f1_score(answer: str, reference: str) -> float:
@@ -54,8 +100,12 @@ def f1_score(answer: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def token_f1(answer: str, references: Sequence[str]) -> bool:
-    return max((f1_score(answer, r) for r in references), default=0.0) >= F1_THRESHOLD
+def token_f1(answer: str, references: Sequence[str], question: str = "") -> bool:
+    """Best F1 >= :data:`F1_THRESHOLD`; a reference the question already holds needs an exact match."""
+    fresh = [r for r in references if not (question and echoed(r, question))]
+    if len(fresh) < len(references) and exact_match(answer, [r for r in references if r not in fresh]):
+        return True
+    return max((f1_score(answer, r) for r in fresh), default=0.0) >= F1_THRESHOLD
 
 
 def last_number(text: str) -> float | None:
@@ -69,7 +119,7 @@ def last_number(text: str) -> float | None:
         return None
 
 
-def numeric(answer: str, references: Sequence[str]) -> bool:
+def numeric(answer: str, references: Sequence[str], question: str = "") -> bool:
     got = last_number(answer)
     if got is None:
         return False
@@ -95,12 +145,17 @@ GRADERS: dict[str, Callable[..., bool]] = {
 }
 
 
-def grade(grader: str, answer: str, references: Sequence[str], incorrect: Sequence[str] = ()) -> bool:
-    """Grade ``answer`` with the named grader (see the module docstring)."""
+def grade(grader: str, answer: str, references: Sequence[str], incorrect: Sequence[str] = (),
+          question: str = "") -> bool:
+    """Grade ``answer`` with the named grader (see the module docstring).
+
+    ``question``: the item's question, so that ``contains`` and ``token_f1`` do not credit
+    an alias the model only echoed from it; "" grades without that rule.
+    """
     try:
         fn = GRADERS[grader]
     except KeyError:
         raise ValueError(f"grader: unknown {grader!r}; known: {', '.join(GRADERS)}") from None
     if grader == "truthful_f1":
         return fn(answer, references, incorrect)
-    return fn(answer, references)
+    return fn(answer, references, question)
