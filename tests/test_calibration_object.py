@@ -257,8 +257,8 @@ def test_open_run_has_the_same_layout_plus_its_signal_table():
         sig = {"mean_token_prob": float(1 / (1 + np.exp(-(z + 1.5 + rng.normal())))),
                "seq_prob": float(rng.uniform(0.05, 0.95))}
         missing = ["verbalized"] if i % 4 == 0 else []
-        if not missing:
-            sig["verbalized"] = float(rng.choice([0.6, 0.9]))
+        if not missing:  # a verbalized confidence that ranks answers the wrong way
+            sig["verbalized"] = 0.9 if (not right) ^ (rng.random() < 0.2) else 0.6
         samples.append(open_sample(i, sig, right, missing, task=("x", "y")[i % 2]))
     results, cals = evaluate(samples, n_bootstrap=0)
     mc_keys = {"split", "overall", "per_task", "signals_test", "calibrated_test", "calibrator_errors", "primary",
@@ -275,11 +275,58 @@ def test_open_run_has_the_same_layout_plus_its_signal_table():
     # binary temperature when asked for
     res_t, cals_t = evaluate(samples, calibrators=["temperature"], signal="mean_token_prob", n_bootstrap=0)
     assert cals_t["temperature"].state.mode_ == "binary" and res_t["primary"]["calibrator"] == "temperature"
-    # a signal with missing values is calibrated where present; a calibrator that cannot fit is reported,
-    # and the next one listed becomes the primary
-    res_v, cals_v = evaluate(samples, calibrators=["temperature", "platt"], signal="verbalized", n_bootstrap=0)
-    assert "edge of bounds" in res_v["calibrator_errors"]["temperature"] and set(cals_v) == {"platt"}
-    assert res_v["primary"] == {"signal": "verbalized", "calibrator": "platt"}
+    # a signal with missing values is calibrated where present; a calibrator that cannot fit is reported
+    # (temperature cannot shrink an inverted signal, Platt refuses a negative slope), and the next one
+    # listed becomes the primary
+    res_v, cals_v = evaluate(samples, calibrators=["temperature", "platt", "isotonic"], signal="verbalized",
+                             n_bootstrap=0)
+    assert "edge of bounds" in res_v["calibrator_errors"]["temperature"] and set(cals_v) == {"isotonic"}
+    assert "not positively related to correctness" in res_v["calibrator_errors"]["platt"]
+    assert res_v["primary"] == {"signal": "verbalized", "calibrator": "isotonic"}
     n_test_with = res_v["signals_test"]["verbalized"]["n"]
-    assert res_v["calibrated_test"]["platt"]["n"] == n_test_with < res_v["split"]["n_test"]
+    assert res_v["calibrated_test"]["isotonic"]["n"] == n_test_with < res_v["split"]["n_test"]
     assert res_v["filter"]["raw"]["answered"] + res_v["filter"]["raw"]["abstained"] == n_test_with
+
+
+# ------------------------------------------------------------------ issue #15
+def test_temperature_norm_scales_the_per_token_log_likelihoods_of_the_prediction():
+    samples = overconfident_mc(300, seed=11)
+    cal = Calibration.fit(samples, "option_prob", "temperature_norm")
+    assert cal.uses_logits and cal.per_token and cal.state.mode_ == "multiclass"
+    per_tok = [np.asarray(s.option_logprobs) / np.maximum(s.option_ntokens, 1) for s in samples]
+    direct = TemperatureScaling().fit(np.array(per_tok), np.array([s.reference for s in samples]))
+    t = cal.state.temperature_
+    assert t == direct.temperature_
+    # the confidence is the calibrated probability of the prediction (the summed argmax), not the top one
+    want = np.array([softmax(z / t)[s.prediction] for z, s in zip(per_tok, samples)])
+    np.testing.assert_allclose(cal.confidences(samples), want, rtol=1e-12)
+    assert any(int(np.argmax(z)) != s.prediction for z, s in zip(per_tok, samples))
+    s0 = samples[0]
+    np.testing.assert_allclose(cal.option_probs(s0), softmax(per_tok[0] / t), rtol=1e-12)
+    score, probs = cal.score(s0.signals, s0.option_logprobs, s0.option_ntokens)
+    assert score == pytest.approx(want[0], rel=1e-12) and probs.sum() == pytest.approx(1.0)
+    with pytest.raises(MissingSignalError, match="token count for each option"):
+        cal.score(s0.signals, s0.option_logprobs)
+    back = Calibration.from_dict(json.loads(json.dumps(cal.to_dict())))
+    assert np.array_equal(back.confidences(samples), cal.confidences(samples))
+    # at T = 1 it is option_prob_norm
+    cal.state.temperature_ = 1.0
+    np.testing.assert_allclose(cal.confidences(samples), [s.signals["option_prob_norm"] for s in samples],
+                               rtol=1e-12)
+
+
+def test_a_tasks_split_does_not_depend_on_the_other_tasks_in_the_run():
+    from llmcal.core.split import split_indices
+
+    a = ["arc_easy"] * 37
+    alone_cal, alone_test = split_indices(a, 0.5, 3)
+    for pool in (["sciq"] * 20 + a, a + ["builtin"] * 50 + ["aardvark"] * 9, ["zz"] * 5 + a + ["sciq"] * 11):
+        pool_cal, pool_test = split_indices(pool, 0.5, 3)
+        off = pool.index("arc_easy")
+        mine = lambda idx: idx[(idx >= off) & (idx < off + len(a))] - off  # noqa: E731
+        assert np.array_equal(mine(pool_cal), alone_cal) and np.array_equal(mine(pool_test), alone_test)
+        assert len(pool_cal) + len(pool_test) == len(pool) and not set(pool_cal) & set(pool_test)
+    # the seed and the task name both move it; the fraction is kept per task
+    assert not np.array_equal(split_indices(a, 0.5, 4)[0], alone_cal)
+    assert not np.array_equal(split_indices(["sciq"] * 37, 0.5, 3)[0], alone_cal)
+    assert len(alone_cal) == round(37 * 0.5)

@@ -22,7 +22,7 @@ from llmcal.calibrators import (
 )
 from llmcal.calibrators.base import logit, sigmoid
 
-NAMES = ["temperature", "platt", "isotonic", "histogram", "beta"]
+NAMES = ["temperature", "temperature_norm", "platt", "isotonic", "histogram", "beta"]
 
 
 def overconfident(n=6000, seed=0):
@@ -60,7 +60,7 @@ def test_the_synthetic_sample_is_llm_like():
 # can shrink logit(p) towards 0 but not shift it, so on a sample whose logits are centred far
 # from where the accuracy is it helps less than the others (the multi-class case, where the
 # overconfidence is pure over-sharpening, is fixed to within noise: see the next test).
-FACTOR = {"temperature": 2.0, "platt": 3.0, "isotonic": 3.0, "histogram": 3.0, "beta": 3.0}
+FACTOR = {"temperature": 2.0, "temperature_norm": 2.0, "platt": 3.0, "isotonic": 3.0, "histogram": 3.0, "beta": 3.0}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -266,3 +266,78 @@ def test_a_damaged_loaded_state_names_its_field(name, field, bad):
     setattr(cal, field, np.asarray(bad) if isinstance(bad, list) else bad)
     problem = cal.state_problem()
     assert problem is not None and f"'state.{field}'" in problem
+
+
+# ------------------------------------------------------------------ issue #15: no inversion, no silent failure
+def _informative(n, strength, seed):
+    """Confidences whose relation to correctness has sign and size ``strength`` (negative: inverted)."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(1.0, 1.2, n)
+    correct = rng.random(n) < sigmoid(strength * (z - 1.0))
+    return sigmoid(z), correct
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("strength, seed", [(1.5, 0), (0.3, 1), (0.05, 2), (-0.4, 3), (-1.5, 4)])
+def test_no_calibrator_inverts_the_ranking(name, strength, seed):
+    """Every map is non-decreasing: fitted or refused, it never turns a ranking around."""
+    conf, correct = _informative(600, strength, seed)
+    try:
+        cal = get_calibrator(name).fit(conf, correct)
+    except ValueError as err:
+        assert strength <= 0.3, (name, strength, str(err))  # only a weak or inverted signal may be refused
+        return
+    grid = np.linspace(0.0, 1.0, 2001)
+    out = cal.predict(grid)
+    assert np.all(np.diff(out) >= -1e-12), name
+    before, after = M.auroc(conf, correct), M.auroc(cal.predict(conf), correct)
+    # ties may move AUROC (a tie counts one half), but never across chance
+    assert (after - 0.5) * (before - 0.5) >= -1e-12, (name, before, after)
+
+
+def test_platt_refuses_a_negative_slope_and_a_loaded_one():
+    conf, correct = _informative(800, -1.5, 5)
+    with pytest.raises(ValueError, match=r"not positively related to correctness .*slope a = -\d"):
+        PlattScaling().fit(conf, correct)
+    p = PlattScaling().fit(*_informative(800, 1.5, 5))
+    assert p.a_ > 0 and p.state_problem() is None
+    p.a_ = -0.7
+    assert "'state.a_'" in p.state_problem()
+
+
+def test_histogram_pools_decreasing_bins_into_observed_accuracies():
+    # bins of 4: accuracies 0.25, 0.75, 0.5, 1.0 -> the dip is pooled: 0.25, 0.625, 0.625, 1.0
+    conf = np.repeat([0.1, 0.3, 0.6, 0.9], 4)
+    correct = np.array([1, 0, 0, 0, 1, 1, 1, 0, 1, 1, 0, 0, 1, 1, 1, 1])
+    h = HistogramBinning(n_bins=4, strategy="uniform").fit(conf, correct)
+    np.testing.assert_allclose(h.values_, [0.25, 0.625, 1.0])
+    np.testing.assert_allclose(h.edges_, [0.25, 0.75])
+    np.testing.assert_allclose(h.predict([0.1, 0.3, 0.6, 0.9]), [0.25, 0.625, 0.625, 1.0])
+    from llmcal.calibrators.histogram import pool_adjacent_violators
+
+    np.testing.assert_allclose(pool_adjacent_violators(np.array([3.0, 1.0, 1.0]), np.array([1.0, 1.0, 2.0])),
+                               [1.5, 1.5, 1.5])
+    np.testing.assert_allclose(pool_adjacent_violators(np.array([3.0, 1.0, 2.0]), np.array([1.0, 1.0, 2.0])),
+                               [2.0, 2.0, 2.0])
+    h.values_ = np.array([0.2, 0.9, 0.5])
+    assert "decreasing" in h.state_problem()
+
+
+def test_temperature_at_its_upper_bound_on_logits_is_fitted_and_flagged():
+    """Option scores unrelated to the answer: the best T flattens them to chance, and says so."""
+    rng = np.random.default_rng(7)
+    logits = rng.normal(0.0, 30.0, (400, 4))
+    labels = rng.integers(0, 4, 400)
+    t = TemperatureScaling().fit(logits, labels)
+    assert t.temperature_ == pytest.approx(1e4) and t.at_bound_ == "upper" and "chance" in t.note_
+    np.testing.assert_allclose(t.predict(logits), 0.25, atol=0.01)
+    d = json.loads(json.dumps(t.to_dict()))
+    assert d["at_bound_"] == "upper" and from_dict(d).note_ == t.note_
+    assert from_dict(d).state_problem() is None
+    # an optimum well above the old bound of 100 is now found, not refused
+    z = rng.normal(0.0, 1.0, (3000, 3))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    y = (rng.random((3000, 1)) > np.cumsum(p, 1)).sum(1)
+    t2 = TemperatureScaling().fit(z * 300.0, y)
+    assert t2.temperature_ == pytest.approx(300.0, rel=0.15) and not hasattr(t2, "at_bound_")
+    assert "at_bound_" not in t2.to_dict()

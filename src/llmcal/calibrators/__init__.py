@@ -5,6 +5,7 @@ one fitted-calibration object every stage presents confidence with.
 name               class                      reference
 =================  =========================  ==================================================
 ``temperature``    :class:`TemperatureScaling` Guo et al. 2017 (multi-class logits or binary)
+``temperature_norm`` :class:`PerTokenTemperatureScaling` the same on per-token option log-likelihoods
 ``platt``          :class:`PlattScaling`      Platt 1999
 ``isotonic``       :class:`IsotonicCalibrator` Zadrozny & Elkan 2002 (scikit-learn's PAV)
 ``histogram``      :class:`HistogramBinning`  Zadrozny & Elkan 2001
@@ -35,7 +36,7 @@ from llmcal.calibrators.histogram import HistogramBinning
 from llmcal.calibrators.isotonic import IsotonicCalibrator
 from llmcal.calibrators.platt import PlattScaling
 from llmcal.calibrators.registry import CALIBRATORS, from_dict, get_calibrator
-from llmcal.calibrators.temperature import TemperatureScaling
+from llmcal.calibrators.temperature import PerTokenTemperatureScaling, TemperatureScaling
 
 __all__ = [
     "CALIBRATORS",
@@ -46,6 +47,7 @@ __all__ = [
     "HistogramBinning",
     "IsotonicCalibrator",
     "MissingSignalError",
+    "PerTokenTemperatureScaling",
     "PlattScaling",
     "TemperatureScaling",
     "from_dict",

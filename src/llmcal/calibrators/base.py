@@ -70,6 +70,9 @@ class Calibrator:
     #: whether ``fit`` also takes an (n, k) logit matrix and class indices (temperature scaling
     #: does: it then scales option log-likelihoods instead of one confidence)
     accepts_logits: ClassVar[bool] = False
+    #: for a calibrator that accepts logits: whether a multiple-choice calibration feeds it the
+    #: per-token (length-normalized) option log-likelihoods instead of the summed ones
+    per_token_logits: ClassVar[bool] = False
 
     # -- the scikit-learn-style surface ---------------------------------------------------
 

@@ -15,6 +15,11 @@ What is fitted on what:
   option (Guo et al. 2017): one T divides every option's log-likelihood, so it applies
   to items with any number of options, and ``option_probs`` is the whole calibrated
   option distribution;
+* ``temperature_norm`` in a multiple-choice run is fitted the same way on the per-token
+  option log-likelihoods (each divided by its option's token count, the logits of
+  ``option_prob_norm``), whatever the signal, and its confidence is the calibrated
+  probability of the prediction (issue #15: one T on summed scores does not carry from
+  short options to full sentences);
 * every other pairing -- another calibrator, another signal, a free-form run -- fits
   the calibrator on that signal's values against correctness (temperature then is its
   binary form ``sigmoid(logit(p) / T)``).
@@ -59,6 +64,20 @@ import numpy as np
 
 from llmcal.calibrators.base import Calibrator
 from llmcal.core.files import atomic_write_bytes
+
+#: hex digits of a calibration file's version
+VERSION_CHARS = 12
+
+
+def calibration_version(data: bytes) -> str:
+    """A ``calibration.json``'s version: the first 12 hex digits of the SHA-256 of its bytes.
+
+    What serve shows in every confidence object, the answer log records per answer, and the
+    monitor and ``--from-feedback`` group answers by: any change to the file is a new version.
+    """
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()[:VERSION_CHARS]
 from llmcal.calibrators.registry import from_dict as calibrator_from_dict
 from llmcal.calibrators.registry import get_calibrator
 
@@ -83,6 +102,7 @@ class _Answer:
 
     signals: Mapping[str, float]
     option_logprobs: Sequence[float] = ()
+    option_ntokens: Sequence[int] = ()
     id: str = "answer"
     prediction: int | None = None
     missing: Sequence[str] = ()
@@ -95,18 +115,38 @@ def _softmax(ll: np.ndarray) -> np.ndarray:
     return e / e.sum()
 
 
-def option_logit_matrix(samples: Sequence[Any], why: str = "") -> np.ndarray:
-    """(n, k_max) option log-likelihoods of multiple-choice samples, ``-inf`` padded for missing options."""
+def option_logit_matrix(samples: Sequence[Any], why: str = "", per_token: bool = False) -> np.ndarray:
+    """(n, k_max) option log-likelihoods of multiple-choice samples, ``-inf`` padded for missing options.
+
+    ``per_token``: each divided by its option's token count (at least 1), the logits of
+    ``option_prob_norm``; a sample without token counts raises :class:`MissingSignalError`.
+    """
     for s in samples:
         if len(s.option_logprobs) < 2:
             raise MissingSignalError(f"sample {s.id!r} has no option log-likelihoods (a free-form answer?)"
                                      + (f"; {why} needs them" if why else ""))
+        if per_token and len(getattr(s, "option_ntokens", ()) or ()) != len(s.option_logprobs):
+            raise MissingSignalError(f"sample {s.id!r} has no token count for each option"
+                                     + (f"; {why} needs them (per-token log-likelihoods)" if why else ""))
     if not samples:
         raise ValueError("option_logit_matrix: no samples")
     k = max(len(s.option_logprobs) for s in samples)
     out = np.full((len(samples), k), -np.inf)  # (n, k_max)
     for i, s in enumerate(samples):
-        out[i, : len(s.option_logprobs)] = s.option_logprobs
+        ll = np.asarray(s.option_logprobs, dtype=np.float64)
+        if per_token:
+            ll = ll / np.maximum(np.asarray(s.option_ntokens, dtype=np.float64), 1.0)
+        out[i, : len(ll)] = ll
+    return out
+
+
+def predictions_of(samples: Sequence[Any]) -> np.ndarray:
+    """(n,) each multiple-choice sample's predicted option: its ``prediction``, else the argmax of
+    its summed option log-likelihoods (lm-eval's ``acc``; what every signal is the confidence in)."""
+    out = np.empty(len(samples), dtype=np.int64)
+    for i, s in enumerate(samples):
+        pred = getattr(s, "prediction", None)
+        out[i] = int(np.argmax(np.asarray(s.option_logprobs, dtype=np.float64))) if pred is None else int(pred)
     return out
 
 
@@ -264,8 +304,9 @@ class Calibration:
         fitted_on = {"n": len(samples), "tasks": sorted({s.task for s in samples}), **fitted_on}
         who = f"fitting {calibrator} on {signal}"
         logits = labels = values = None
-        if calibrator != NONE and cls._pairs_with_logits(get_calibrator(calibrator), signal, kind):
-            logits = option_logit_matrix(samples, why=who)
+        state0 = get_calibrator(calibrator) if calibrator != NONE else None
+        if state0 is not None and cls._pairs_with_logits(state0, signal, kind):
+            logits = option_logit_matrix(samples, why=who, per_token=state0.per_token_logits)
             labels = np.array([s.reference for s in samples])
         else:
             values = cls.none(signal, kind)._values(samples, who)
@@ -279,7 +320,8 @@ class Calibration:
                    threshold: float = 0.75, fingerprint: dict[str, Any] | None = None,
                    context: dict[str, Any] | None = None, **fitted_on: Any) -> "Calibration":
         """:meth:`fit` on arrays: ``values`` (n,) the signal, ``correct`` (n,) 0/1, and for a
-        multiple-choice fit the option ``logits`` (n, k) (``-inf`` padded) with the reference
+        multiple-choice fit the option ``logits`` (n, k) (``-inf`` padded; per-token ones for
+        ``temperature_norm``: ``option_logit_matrix(..., per_token=True)``) with the reference
         ``labels`` (n,).  For callers that hold arrays, not samples (the probe protocol)."""
         kw = dict(kind=kind, threshold=threshold, fingerprint=fingerprint, context=context or {},
                   fitted_on=fitted_on)
@@ -300,8 +342,16 @@ class Calibration:
     @staticmethod
     def _pairs_with_logits(state: Calibrator, signal: str, kind: str) -> bool:
         """Whether the fit is on the option log-likelihoods: a calibrator that takes logits, on
-        ``option_prob`` (what softmax of those log-likelihoods is) of a multiple-choice run."""
-        return state.accepts_logits and kind == "mc" and signal == LOGIT_SIGNAL
+        ``option_prob`` (what softmax of those log-likelihoods is) of a multiple-choice run; a
+        per-token one (``temperature_norm``) on any signal of a multiple-choice run."""
+        if not state.accepts_logits or kind != "mc":
+            return False
+        return state.per_token_logits or signal == LOGIT_SIGNAL
+
+    @property
+    def per_token(self) -> bool:
+        """True when the confidence comes from the per-token option log-likelihoods (``temperature_norm``)."""
+        return self.uses_logits and bool(self.state.per_token_logits)
 
     def for_run(self, config: Mapping[str, Any] | None, run_path: str | os.PathLike | None = None) -> "Calibration":
         """A copy bound to a run: the model fingerprint, style, chat and model_args of its ``config.json``."""
@@ -344,12 +394,20 @@ class Calibration:
         return None
 
     # ------------------------------------------------------------------ applying
-    def predict(self, values: np.ndarray | None = None, logits: np.ndarray | None = None) -> np.ndarray:
+    def predict(self, values: np.ndarray | None = None, logits: np.ndarray | None = None,
+                predictions: np.ndarray | None = None) -> np.ndarray:
         """Calibrated confidence (n,) from arrays: the signal ``values`` (n,), or for a calibration
-        on the option log-likelihoods the ``logits`` (n, k), any k >= 2, ``-inf`` padded."""
+        on the option log-likelihoods the ``logits`` (n, k), any k >= 2, ``-inf`` padded -- per-token
+        ones with the ``predictions`` (n,) (the summed argmax) for ``temperature_norm``."""
         if self.uses_logits:
             if logits is None:
                 raise ValueError(f"{self.describe()}: pass the option log-likelihoods (logits)")
+            if self.per_token:
+                if predictions is None:
+                    raise ValueError(f"{self.describe()}: pass the per-token logits and the predictions")
+                proba = self.state.predict_proba(logits)  # (n, k)
+                return np.asarray(proba[np.arange(len(proba)), np.asarray(predictions, dtype=np.int64)],
+                                  dtype=np.float64)
             return np.asarray(self.state.predict(logits), dtype=np.float64)
         if values is None:
             raise ValueError(f"{self.describe()}: pass the {self.signal!r} values")
@@ -362,7 +420,8 @@ class Calibration:
         if not samples:
             return np.zeros(0)
         if self.uses_logits:
-            return self.predict(logits=option_logit_matrix(samples, why=self.describe()))
+            return self.predict(logits=option_logit_matrix(samples, why=self.describe(), per_token=self.per_token),
+                                predictions=predictions_of(samples))
         return self.predict(values=self._values(samples))
 
     def confidence(self, sample: Any) -> float:
@@ -381,7 +440,8 @@ class Calibration:
         if ll.size < 2:
             return None
         if self.uses_logits:
-            return np.asarray(self.state.predict_proba(ll[None, :])[0], dtype=np.float64)
+            z = option_logit_matrix([sample], why=self.describe(), per_token=self.per_token)  # (1, k)
+            return np.asarray(self.state.predict_proba(z)[0], dtype=np.float64)
         conf = self.confidence(sample)
         p = _softmax(ll)
         pred = getattr(sample, "prediction", None)
@@ -391,12 +451,14 @@ class Calibration:
         out[pred] = conf
         return out
 
-    def score(self, signals: Mapping[str, float], option_logprobs: Sequence[float] | None = None
-              ) -> tuple[float, np.ndarray | None]:
+    def score(self, signals: Mapping[str, float], option_logprobs: Sequence[float] | None = None,
+              option_ntokens: Sequence[int] | None = None) -> tuple[float, np.ndarray | None]:
         """A fresh answer's (confidence, option probabilities or None), from its signals and, for
-        multiple choice, its option log-likelihoods (k,): what ``llmcal ask`` and serve show."""
+        multiple choice, its option log-likelihoods (k,) (and their token counts (k,), which
+        ``temperature_norm`` needs): what ``llmcal ask`` and serve show."""
         answer = _Answer(signals=signals, option_logprobs=[] if option_logprobs is None else
-                         [float(x) for x in option_logprobs])
+                         [float(x) for x in option_logprobs],
+                         option_ntokens=[] if option_ntokens is None else [int(x) for x in option_ntokens])
         return self.confidence(answer), self.option_probs(answer)
 
     def _values(self, samples: Sequence[Any], who: str | None = None) -> np.ndarray:

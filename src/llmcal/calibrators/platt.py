@@ -10,6 +10,14 @@ same map, on the logit of the confidence.)
 ``(N+ + 1) / (N+ + 2)`` and ``1 / (N- + 2)`` instead of 1 and 0: a Bayesian prior that keeps
 the fit finite even on small or perfectly separated samples.  With ``False`` the fit is the
 plain maximum-likelihood one, and separated data raise ``ValueError``.
+
+The slope is constrained to be non-negative, so the map is non-decreasing and can never
+invert the ranking of answers (issue #15: an unconstrained fit came out with ``a < 0`` on a
+task where the confidence ranked answers slightly the wrong way, and the report's "most
+overconfident wrong answers" became the least confident ones).  Where the likelihood's
+optimum has ``a < 0`` the constrained optimum is ``a = 0``, a constant that says nothing
+about any answer; rather than present that as a calibration, ``fit`` refuses with the
+slope it found, as beta calibration does for the same data.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from llmcal.calibrators.base import Calibrator, fit_logistic, logit, sigmoid
 
 
 class PlattScaling(Calibrator):
-    """Platt scaling on the logit of the confidence; learned ``a_`` (slope) and ``b_`` (intercept)."""
+    """Platt scaling on the logit of the confidence; learned ``a_`` (slope, >= 0) and ``b_`` (intercept)."""
 
     name = "platt"
     _params = ("smooth_targets",)
@@ -37,8 +45,19 @@ class PlattScaling(Calibrator):
             n_neg = float(len(c) - n_pos)
             target = np.where(c, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
         w = fit_logistic(logit(p)[:, None], target, "PlattScaling")
+        if w[0] < 0.0:
+            raise ValueError(
+                f"PlattScaling: confidence is not positively related to correctness on these {len(c)} "
+                f"samples (fitted slope a = {w[0]:.3g} < 0); a negative slope would invert the ranking "
+                "of answers, and the monotone fit (a = 0) is a constant, so it is not fitted")
         self.a_ = float(w[0])
         self.b_ = float(w[1])
+
+    def state_problem(self) -> str | None:
+        """A loaded slope must be non-negative (a negative one inverts the ranking)."""
+        if hasattr(self, "a_") and isinstance(self.a_, (int, float)) and self.a_ < 0:
+            return f"field 'state.a_': {self.a_!r} is negative (it would invert the ranking of answers)"
+        return super().state_problem()
 
     def _predict(self, p: np.ndarray) -> np.ndarray:
         return sigmoid(self.a_ * logit(p) + self.b_)

@@ -9,10 +9,11 @@ from llmcal.calibrators.beta import BetaCalibration
 from llmcal.calibrators.histogram import HistogramBinning
 from llmcal.calibrators.isotonic import IsotonicCalibrator
 from llmcal.calibrators.platt import PlattScaling
-from llmcal.calibrators.temperature import TemperatureScaling
+from llmcal.calibrators.temperature import PerTokenTemperatureScaling, TemperatureScaling
 
 CALIBRATORS: dict[str, type[Calibrator]] = {
     "temperature": TemperatureScaling,
+    "temperature_norm": PerTokenTemperatureScaling,
     "platt": PlattScaling,
     "isotonic": IsotonicCalibrator,
     "histogram": HistogramBinning,

@@ -16,6 +16,17 @@ Two input forms:
   ``n_classes_`` records the fit's number of columns, for information only.
 * binary: ``x`` (n,) a confidence in [0, 1], ``y`` 0/1 correct; the confidence is mapped
   through its logit, ``sigmoid(logit(p) / T)``.
+
+The search runs over log T in ``bounds`` (default 0.01 to 10,000).  Summed option
+log-likelihoods of full-sentence options differ by tens of nats, so optima above 100 --
+the old upper bound, hit on two tasks in issue #15 -- are real.  On logits an optimum at
+the *upper* bound is still a meaningful answer: the NLL keeps falling as the option
+distribution flattens, i.e. the option scores carry no usable signal and the best
+confidence is (nearly) chance, 1/k for k options.  Such a fit is kept, with
+``at_bound_ = "upper"`` and a ``note_`` saying so (both in ``to_dict``, hence in
+results.json's params), rather than dropped as "not fitted".  An optimum at the lower bound
+(separable data), and any bound on a binary confidence (T -> infinity maps every
+confidence to 0.5, which is no calibration), still raise ``ValueError`` with the reason.
 """
 
 from __future__ import annotations
@@ -56,8 +67,9 @@ def _shifted(z: np.ndarray) -> np.ndarray:
 class TemperatureScaling(Calibrator):
     """Temperature scaling; ``temperature_`` is the fitted T.
 
-    ``bounds``: the search interval for T.  A fit whose optimum sits at a bound (the
-    confidence carries no usable signal, or the data are separable) raises ``ValueError``.
+    ``bounds``: the search interval for T.  A fit on logits whose optimum sits at the upper
+    bound is kept and flagged (``at_bound_``, ``note_``); one at the lower bound, or a binary
+    fit at either bound, raises ``ValueError`` (see the module docstring).
     """
 
     name = "temperature"
@@ -66,7 +78,10 @@ class TemperatureScaling(Calibrator):
     min_samples = 2
     accepts_logits = True
 
-    def __init__(self, bounds: tuple[float, float] = (0.01, 100.0)):
+    #: loaded temperatures outside this range are refused whatever the file's own bounds say
+    SANE_RANGE = (1e-3, 1e5)
+
+    def __init__(self, bounds: tuple[float, float] = (0.01, 1e4)):
         self.bounds = tuple(float(b) for b in bounds)
 
     # -- fitting ---------------------------------------------------------------------------
@@ -107,17 +122,28 @@ class TemperatureScaling(Calibrator):
         res = minimize_scalar(objective, bounds=(a, b), method="bounded", options={"xatol": 1e-10})
         if not res.success:
             raise ValueError(f"TemperatureScaling: the search did not converge ({res.message})")
-        if min(res.x - a, b - res.x) < 1e-3 * (b - a):
+        note = None
+        if mode == "multiclass" and b - res.x < 1e-3 * (b - a):
+            log_t = b
+            note = (f"the NLL optimum is at the upper bound T = {hi:g}: the option scores carry (almost) no "
+                    "signal about the right answer on this data, so the calibrated confidence is (nearly) "
+                    "chance, 1/k for k options")
+        elif min(res.x - a, b - res.x) < 1e-3 * (b - a):
             t = math.exp(res.x)
             raise ValueError(
                 f"TemperatureScaling: the NLL optimum is at the edge of bounds {self.bounds} (T = {t:.4g}): "
                 + ("the confidence carries (almost) no signal about correctness" if t > 1 else
                    "the data are (almost) perfectly separated")
                 + "; not fitting rather than returning a meaningless T")
-        log_t = float(res.x)
-        if objective(0.0) < objective(log_t):  # T = 1 is optimal to within the search tolerance
-            log_t = 0.0
-        self.temperature_ = float(math.exp(log_t))
+        else:
+            log_t = float(res.x)
+            if objective(0.0) < objective(log_t):  # T = 1 is optimal to within the search tolerance
+                log_t = 0.0
+        self.temperature_ = float(hi) if note is not None else float(math.exp(log_t))
+        for key in ("at_bound_", "note_"):
+            self.__dict__.pop(key, None)
+        if note is not None:
+            self.at_bound_, self.note_ = "upper", note
         self.mode_ = mode
         self.n_classes_ = k
         return self
@@ -129,11 +155,26 @@ class TemperatureScaling(Calibrator):
             return None
         t = float(self.temperature_)
         lo, hi = (float(b) for b in self.bounds)
-        lo, hi = max(lo, 1e-3), min(hi, 1e3)  # the file's own bounds could be edited too
+        lo, hi = max(lo, self.SANE_RANGE[0]), min(hi, self.SANE_RANGE[1])  # the file's bounds could be edited too
         if not (lo <= t <= hi):
             return (f"field 'state.temperature_': {t!r} is outside the fitted range [{lo:g}, {hi:g}] "
                     "(a temperature must be positive; the file was edited or damaged)")
         return None
+
+    # -- the optional flag of a fit at its upper bound ----------------------------------------
+
+    def to_dict(self) -> dict:
+        d = super().to_dict()
+        if self.is_fitted and getattr(self, "at_bound_", None):
+            d["at_bound_"], d["note_"] = self.at_bound_, self.note_
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TemperatureScaling":
+        obj = super().from_dict(d)
+        if d.get("at_bound_"):
+            obj.at_bound_, obj.note_ = str(d["at_bound_"]), str(d.get("note_", ""))
+        return obj
 
     # -- prediction --------------------------------------------------------------------------
 
@@ -168,3 +209,21 @@ class TemperatureScaling(Calibrator):
         if np.ndim(x) != 1:
             raise ValueError("this TemperatureScaling was fitted on a binary confidence; pass x of shape (n,)")
         return sigmoid(logit(as_confidence(x, "x")) / self.temperature_)
+
+
+class PerTokenTemperatureScaling(TemperatureScaling):
+    """Temperature scaling of the *length-normalized* option log-likelihoods (``temperature_norm``).
+
+    The same fit as :class:`TemperatureScaling`; what differs is what a
+    :class:`~llmcal.calibrators.calibration.Calibration` feeds it in a multiple-choice run:
+    each option's log-likelihood divided by its number of tokens (the logits of
+    ``option_prob_norm``, Malinin & Gales 2021) instead of the summed one.  Summed scores
+    penalize long options and their spread grows with the options' length, so one T fitted
+    on short-option tasks does not carry to full-sentence options; per-token scores are on
+    one scale whatever the length (issue #15).  The confidence is the calibrated probability
+    of the *prediction* (the option with the highest summed log-likelihood, as every signal),
+    which need not be the per-token argmax; at T = 1 it is ``option_prob_norm``.
+    """
+
+    name = "temperature_norm"
+    per_token_logits = True

@@ -9,8 +9,10 @@ refuses any mismatch with :class:`ProbeMismatchError`, naming what differs.
 
 ``probe.json`` holds only JSON (metadata, hyperparameters, the stacker's
 calibrator); ``probe.npz`` the float64 arrays (``probe/<name>``,
-``stacker/<name>``).  Both are written atomically; the pair round-trips
-exactly (``tests/test_probe.py``).
+``stacker/<name>``, ``shift/<name>``).  Both are written atomically; the pair round-trips
+exactly (``tests/test_probe.py``).  ``shift`` (``probe/shift.py``), when the run kept hidden
+states, is the per-answer shift score fitted on the same calibration part:
+:meth:`ProbeArtifact.in_distribution` is what serve asks for one answer.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from llmcal._version import __version__
 from llmcal.probe.combine import Combiner
 from llmcal.probe.features import CHEAP_FEATURES, ModelInfo, RunFeatures, cheap_features_one, design_matrix
 from llmcal.probe.models import PROBES, Probe
+from llmcal.probe.shift import ShiftScorer
 
 ARTIFACT_VERSION = 1
 
@@ -48,6 +51,7 @@ class ProbeArtifact:
     combiner: Combiner | None = None
     info: dict[str, Any] = field(default_factory=dict)  # how it was fitted: run, split, metrics
     positions: list[str] = field(default_factory=lambda: ["last_prompt"])  # token positions read per layer
+    shift: ShiftScorer | None = None  # the per-answer shift score (None: not fitted, e.g. no hidden states)
 
     # ------------------------------------------------------------ compatibility
     def check_model(self, other: ModelInfo) -> None:
@@ -89,7 +93,7 @@ class ProbeArtifact:
         z = self.probe_logits(rf)
         out = {"external": 1.0 / (1.0 + np.exp(-z))}
         if self.combiner is not None:
-            out["combined"] = self.combiner.predict(rf.signals, z)
+            out["combined"] = self.combiner.predict(rf.signals, z, n_options=rf.n_options)
         return out
 
     def predict_one(self, sample, hidden: np.ndarray | None,
@@ -116,8 +120,19 @@ class ProbeArtifact:
         z = float(self.probe.logit(x)[0])
         out = {"external": 0.5 * (1.0 + math.tanh(0.5 * z))}
         if self.combiner is not None:
-            out["combined"] = self.combiner.predict_one(sample.signals, z)
+            out["combined"] = self.combiner.predict_one(sample.signals, z, n_options=len(sample.option_logprobs))
         return out
+
+    def in_distribution(self, hidden: np.ndarray, kept_layers: list[int] | None = None,
+                        kept_positions: list[str] | None = None) -> bool | None:
+        """Whether one answer's question looks like the calibration data (None: no shift score saved).
+
+        ``hidden`` is the answer's hidden row as a run stores it, position-major over
+        ``kept_positions`` x ``kept_layers`` (default: the layout of the run it was fitted on).
+        """
+        if self.shift is None or hidden is None:
+            return None
+        return self.shift.in_distribution(hidden, kept_positions, kept_layers)
 
     # ------------------------------------------------------------ files
     def to_json(self) -> dict[str, Any]:
@@ -134,6 +149,7 @@ class ProbeArtifact:
             },
             "probe": {"kind": self.probe.kind, "params": self.probe.params(), "cv": self.probe.cv_},
             "combined": self.combiner.to_dict()[0] if self.combiner is not None else None,
+            "shift": self.shift.to_json() if self.shift is not None else None,
             "info": self.info,
         }
 
@@ -144,6 +160,8 @@ class ProbeArtifact:
         arrays = {f"probe/{k}": v for k, v in self.probe.to_arrays().items()}
         if self.combiner is not None:
             arrays.update({f"stacker/{k}": v for k, v in self.combiner.to_dict()[1].items()})
+        if self.shift is not None:
+            arrays.update({f"shift/{k}": v for k, v in self.shift.to_arrays().items()})
         npz = json_path.with_suffix(".npz")
         tmp = npz.with_name(npz.name + ".tmp.npz")
         np.savez(tmp, **arrays)
@@ -177,12 +195,15 @@ class ProbeArtifact:
         if meta.get("combined"):
             combiner = Combiner.from_dict(meta["combined"],
                                           {k[8:]: v for k, v in arrays.items() if k.startswith("stacker/")})
+        shift = None
+        if meta.get("shift"):
+            shift = ShiftScorer.from_saved(meta["shift"], {k[6:]: v for k, v in arrays.items() if k.startswith("shift/")})
         m = meta["model"]
         model = ModelInfo(m["name"], m.get("fingerprint"), int(m["n_layers"]), int(m["hidden_size"]),
                           [int(x) for x in m.get("layers", [])])
         return cls(model=model, layers=[int(x) for x in meta["layers"]],
                    use_cheap=bool(meta["features"]["cheap"]), probe=probe, combiner=combiner,
-                   info=meta.get("info") or {}, positions=_positions(meta["features"].get("hidden")))
+                   info=meta.get("info") or {}, positions=_positions(meta["features"].get("hidden")), shift=shift)
 
 
 def _positions(hidden: Any) -> list[str]:

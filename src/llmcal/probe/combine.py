@@ -7,15 +7,38 @@ Liu et al. 2024 and Kadavath et al. 2022 both find that the two carry partly
 different information, so they are stacked (Wolpert 1992): a logistic
 regression over their logits
 
-    z = b + sum_j a_j * logit(signal_j) + a_p * probe_logit        (n,)
+    z = b + sum_j a_j * logit(signal_j) + a_p * probe_logit + a_c * logit(1 / n_options)     (n,)
 
-(standardized inputs, a fixed mild L2 penalty ``C = 1``), followed by a binary calibrator
+(standardized inputs, L2 penalty ``C``), followed by a binary calibrator
 (``llmcal.calibrators``; Platt by default) on the stacker's probability.
+
+Made to travel (issue #15):
+
+* **the number of options is an input** (``logit_chance`` = logit(1/k)): chance is 0.5
+  with two options and 0.25 with four, and a confidence learned on 4-option tasks must
+  not be applied unchanged to 2-option ones;
+* **source tasks are the folds.**  Fitted on a pool of tasks (``groups``, each item's
+  task), the stacker's ``C`` is chosen by
+  leave-one-task-out cross-validation (the mean AUROC on the held-out task,
+  ``models.cv_choose``): every choice is judged on a task the fit never saw.
+  Hidden states name the task, so a model tuned on random folds learns each task's base
+  rate -- right in the pool, wrong on a new task, where ``combined`` then lost to a
+  constant; leave-one-task-out prices that in.  With at least :data:`MIN_OOF_GROUPS`
+  tasks the out-of-fold probe logits and stacker outputs (the stacker's and the
+  calibrator's inputs) are leave-one-task-out too; with fewer, pooling out-of-task
+  outputs confounds the ranking with the tasks' base rates (two tasks: each is scored by
+  a model of the other's base rate, which can turn the pooled relation negative), so
+  they stay stratified k-fold.  On one task (or without groups) everything is
+  stratified k-fold, as before.
 
 No stage sees the probe's in-sample output: the stacker is fitted on
 out-of-fold probe logits (``models.cross_fit_logits``), and the calibrator on
 out-of-fold stacker outputs, all inside the calibration part.  At inference the
 probe and the stacker fitted on the whole calibration part are used.
+
+The API T1's transfer benchmark uses: ``Combiner(calibrator, signals, n_folds, seed, chance, C)``,
+``fit(signals, probe_logits, y, n_options=None, groups=None)``, ``predict(signals, probe_logits,
+n_options=None)``; artifacts written before ``chance`` load with it off and ``C = 1``.
 """
 
 from __future__ import annotations
@@ -26,97 +49,188 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from llmcal.probe.features import SIGNALS, logit
-from llmcal.probe.models import LogisticProbe, Probe, cross_fit_logits, sigmoid
+from llmcal.probe.models import LogisticProbe, Probe, cross_fit_logits, cv_choose, cv_splits, sigmoid
 
-#: Inverse L2 strength of the stacker (on standardized inputs; weak for n >= 50).
+#: Inverse L2 strength of the stacker in artifacts that predate its choice by cross-validation.
 STACKER_C = 1.0
-#: The stacker's inputs, in column order.
-STACK_INPUTS = tuple(f"logit_{s}" for s in SIGNALS) + ("probe_logit",)
+#: The grid the stacker's C is chosen from (on standardized inputs), by out-of-fold log loss.
+STACKER_CS = (0.01, 0.1, 1.0, 10.0)
+#: Fewest source tasks for which out-of-fold outputs are leave-one-task-out (see the module docstring).
+MIN_OOF_GROUPS = 4
+#: The stacker's inputs, in column order (``logit_chance`` only when ``chance``).
+STACK_INPUTS = tuple(f"logit_{s}" for s in SIGNALS) + ("probe_logit", "logit_chance")
+
+
+def oof_groups(groups: np.ndarray | None) -> np.ndarray | None:
+    """``groups`` when they hold at least :data:`MIN_OOF_GROUPS` tasks, else None (stratified folds)."""
+    if groups is None or len(set(np.asarray(groups).tolist())) < MIN_OOF_GROUPS:
+        return None
+    return groups
+
+
+def chance_logit(n_options: np.ndarray | Sequence[int]) -> np.ndarray:
+    """logit(1 / k) for each item's number of options k, (n,): 0 for two options, -1.10 for four."""
+    k = np.asarray(n_options, dtype=np.float64)
+    if k.size and k.min() < 2:
+        raise ValueError(f"n_options: every item needs at least 2 options, got {int(k.min())}")
+    return -np.log(k - 1.0)
 
 
 def stack_inputs(signals: Mapping[str, np.ndarray], probe_logits: np.ndarray,
-                 names: Sequence[str] = SIGNALS) -> np.ndarray:
-    """(n, len(names) + 1): the logits of the internal signals, then the probe's logit."""
+                 names: Sequence[str] = SIGNALS, n_options: np.ndarray | None = None) -> np.ndarray:
+    """(n, len(names) + 1 [+ 1]): the logits of the internal signals, the probe's logit, and with
+    ``n_options`` (n,) the chance logit."""
     cols = [logit(np.asarray(signals[s], dtype=np.float64)) for s in names]
     cols.append(np.asarray(probe_logits, dtype=np.float64))
+    if n_options is not None:
+        cols.append(chance_logit(n_options))
     return np.stack(cols, axis=1)
 
 
 class Combiner:
     """Stacker (logistic regression on logits) + calibrator; ``fit`` / ``predict``.
 
-    ``signals``: dict name -> (n,) in [0, 1]; ``probe_logits`` (n,); ``y`` (n,) 0/1.
+    ``signals``: dict name -> (n,) in [0, 1]; ``probe_logits`` (n,); ``y`` (n,) 0/1;
+    ``n_options`` (n,) each item's number of options (needed when ``chance``);
+    ``groups`` (n,) each item's source task.  ``chance`` None: read the number of options when
+    ``fit`` is given them.  ``C`` None: chosen from :data:`STACKER_CS`.
     """
 
     def __init__(self, calibrator: str = "platt", signals: Sequence[str] = SIGNALS, n_folds: int = 5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, chance: bool | None = None, C: float | None = None) -> None:
         self.calibrator = calibrator
         self.signals = tuple(signals)
         self.n_folds = int(n_folds)
         self.seed = int(seed)
+        self.chance = None if chance is None else bool(chance)
+        self.C = None if C is None else float(C)
+        self.cv_: dict[str, Any] = {}
 
-    def fit(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray, y: np.ndarray) -> "Combiner":
-        """``probe_logits`` must be out-of-fold (see ``cross_fit_logits``) for an honest stack."""
+    def _inputs(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray,
+                n_options: np.ndarray | None) -> np.ndarray:
+        if self.chance and n_options is None:
+            raise ValueError("combined: this stacker reads the number of options; pass n_options")
+        return stack_inputs(signals, probe_logits, self.signals, n_options if self.chance else None)
+
+    def fit(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray, y: np.ndarray,
+            n_options: np.ndarray | None = None, groups: np.ndarray | None = None) -> "Combiner":
+        """``probe_logits`` must be out-of-fold (see ``cross_fit_logits``, by the same ``groups``)."""
+        import warnings
+
         from llmcal.calibrators import get_calibrator
 
-        S = stack_inputs(signals, probe_logits, self.signals)  # (n, k + 1)
-        # a handful of standardized inputs and hundreds of items: a fixed mild penalty suffices
-        self.stacker_ = LogisticProbe(C=STACKER_C, n_hidden=0, n_components=None, n_folds=self.n_folds,
-                                      seed=self.seed)
-        self.stacker_.fit(S, y, tune=False)
-        oof = sigmoid(cross_fit_logits(self.stacker_, S, y, self.n_folds, self.seed + 1))  # (n,)
-        self.calibrator_ = get_calibrator(self.calibrator).fit(oof, y)
+        if self.chance is None:
+            self.chance = n_options is not None
+        S = self._inputs(signals, probe_logits, n_options)  # (n, k + 1 [+ 1])
+        y = np.asarray(y, dtype=np.float64)
+        splits = cv_splits(y, self.n_folds, self.seed + 1, groups)  # choosing C: leave one task out
+        oof_splits = cv_splits(y, self.n_folds, self.seed + 1, oof_groups(groups))
+
+        def stacker(C: float) -> LogisticProbe:
+            return LogisticProbe(C=C, n_hidden=0, n_components=None, n_folds=self.n_folds, seed=self.seed)
+
+        def out_of_fold(C: float, folds) -> np.ndarray:  # (n,) centred scores, each from a stacker that never saw the row
+            z = np.zeros(len(y))
+            for tr, va in folds:
+                z[va] = (S[va] - S[tr].mean(axis=0)) @ stacker(C).fit(S[tr], y[tr], tune=False).coef_
+            return z
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if self.C is None:
+                grouped = groups is not None and len(set(np.asarray(groups).tolist())) >= 2
+                self.C, self.cv_ = cv_choose(
+                    STACKER_CS, lambda C, tr, va: stacker(C).fit(S[tr], y[tr], tune=False).logit(S[va]), y, splits,
+                    grouped, "C")
+            self.stacker_ = stacker(self.C).fit(S, y, tune=False)
+            self.center_ = S.mean(axis=0)  # (k + 1 [+ 1],)
+            rows = np.concatenate([va for _, va in oof_splits])
+            oof = sigmoid(out_of_fold(self.C, oof_splits))  # (n,)
+        self.calibrator_ = get_calibrator(self.calibrator).fit(oof[rows], y[rows])
         return self
 
-    def stacked(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray) -> np.ndarray:
-        """The stacker's probability before the calibrator, (n,)."""
-        return sigmoid(self.stacker_.logit(stack_inputs(signals, probe_logits, self.signals)))
+    def stacked(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray,
+                n_options: np.ndarray | None = None) -> np.ndarray:
+        """The calibrator's input, (n,): sigmoid of the stacker's centred score ``(S - center_) @ coef_``.
 
-    def predict(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray) -> np.ndarray:
+        The calibrator is fitted on out-of-fold scores, and a fold's *intercept* (its training
+        rows' base rate) is anti-correlated with its held-out rows' labels: where the inputs rank
+        weakly that artefact alone can tilt the calibrator's fit negative.  So the calibrator
+        reads the scores without intercepts (each fold's own centring) and sets the level itself.
+        Artifacts from before ``center_`` keep the stacker's probability with its intercept.
+        """
+        S = self._inputs(signals, probe_logits, n_options)
+        if not hasattr(self, "center_"):
+            return sigmoid(self.stacker_.logit(S))
+        return sigmoid((S - self.center_) @ self.stacker_.coef_)
+
+    def predict(self, signals: Mapping[str, np.ndarray], probe_logits: np.ndarray,
+                n_options: np.ndarray | None = None) -> np.ndarray:
         """``combined`` confidence, (n,) in [0, 1]."""
-        return np.asarray(self.calibrator_.predict(self.stacked(signals, probe_logits)), dtype=np.float64)
+        return np.asarray(self.calibrator_.predict(self.stacked(signals, probe_logits, n_options)), dtype=np.float64)
 
-    def predict_one(self, signals: Mapping[str, float], probe_logit: float) -> float:
+    def predict_one(self, signals: Mapping[str, float], probe_logit: float, n_options: int | None = None) -> float:
         """``predict`` for one answer, on Python floats (the serving path; no (n,) arrays to build)."""
         w = self.stacker_.coef_
-        z = float(self.stacker_.intercept_[0]) + float(w[-1]) * float(probe_logit)
-        for j, s in enumerate(self.signals):
+        x = []
+        for s in self.signals:
             p = min(max(float(signals[s]), 1e-6), 1.0 - 1e-6)
-            z += float(w[j]) * (math.log(p) - math.log1p(-p))
+            x.append(math.log(p) - math.log1p(-p))
+        x.append(float(probe_logit))
+        if self.chance:
+            if n_options is None:
+                raise ValueError("combined: this stacker reads the number of options; pass n_options")
+            x.append(float(chance_logit([n_options])[0]))
+        center = getattr(self, "center_", None)
+        if center is None:
+            z = float(self.stacker_.intercept_[0]) + sum(float(wj) * xj for wj, xj in zip(w, x))
+        else:
+            z = sum(float(wj) * (xj - float(cj)) for wj, xj, cj in zip(w, x, center))
         stacked = 0.5 * (1.0 + math.tanh(0.5 * z))
         return float(self.calibrator_.predict(np.array([stacked]))[0])
 
+    def input_names(self) -> list[str]:
+        return [f"logit_{s}" for s in self.signals] + ["probe_logit"] + (["logit_chance"] if self.chance else [])
+
     def weights(self) -> dict[str, float]:
         """The stacker's weights on each input's logit, in the input's own units."""
-        return {name: float(w) for name, w in zip([f"logit_{s}" for s in self.signals] + ["probe_logit"],
-                                                  self.stacker_.coef_)} | {
+        return {name: float(w) for name, w in zip(self.input_names(), self.stacker_.coef_)} | {
             "intercept": float(self.stacker_.intercept_[0])}
 
     # -- serialization (numpy arrays go into the artifact's .npz) ------------------------
     def to_dict(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
         meta = {"calibrator": self.calibrator, "signals": list(self.signals), "n_folds": self.n_folds,
-                "seed": self.seed, "stacker_params": self.stacker_.params(),
+                "seed": self.seed, "chance": self.chance, "C": self.C, "cv": self.cv_,
+                "stacker_params": self.stacker_.params(),
                 "calibrator_state": self.calibrator_.to_dict(), "weights": self.weights()}
-        return meta, self.stacker_.to_arrays()
+        return meta, {**self.stacker_.to_arrays(), "center_": self.center_}
 
     @classmethod
     def from_dict(cls, meta: Mapping[str, Any], arrays: Mapping[str, np.ndarray]) -> "Combiner":
         from llmcal.calibrators import from_dict
 
-        obj = cls(meta["calibrator"], meta["signals"], meta["n_folds"], meta["seed"])
+        obj = cls(meta["calibrator"], meta["signals"], meta["n_folds"], meta["seed"],
+                  chance=bool(meta.get("chance", False)), C=meta.get("C", STACKER_C))
+        obj.cv_ = dict(meta.get("cv") or {})
         obj.stacker_ = LogisticProbe.from_arrays(dict(meta["stacker_params"]), dict(arrays))
+        if "center_" in arrays:
+            obj.center_ = np.asarray(arrays["center_"], dtype=np.float64)
         obj.calibrator_ = from_dict(dict(meta["calibrator_state"]))
         return obj
 
 
 def fit_probe_and_combiner(probe: Probe, X: np.ndarray, signal_values: Mapping[str, np.ndarray], y: np.ndarray,
                            calibrator: str = "platt", n_folds: int = 5, seed: int = 0,
-                           tune: bool = True, stack: Sequence[str] = SIGNALS) -> tuple[Probe, Combiner, np.ndarray]:
+                           tune: bool = True, stack: Sequence[str] = SIGNALS, n_options: np.ndarray | None = None,
+                           groups: np.ndarray | None = None) -> tuple[Probe, Combiner, np.ndarray]:
     """Fit the probe on all of ``X`` (n, D) and the combiner on its out-of-fold logits.
 
+    ``n_options`` (n,): each item's number of options (the combiner's chance input; None: none);
+    ``groups`` (n,): each item's source task (leave-one-task-out folds; None: stratified).
     Returns (fitted probe, fitted combiner, out-of-fold probe logits (n,)).
     """
-    probe.fit(X, y, tune=tune)
-    oof = cross_fit_logits(probe, X, y, n_folds, seed)
-    comb = Combiner(calibrator, signals=tuple(stack), n_folds=n_folds, seed=seed).fit(signal_values, oof, y)
+    probe.fit(X, y, tune=tune)  # the probe is tuned in-pool (``external``); the stacker decides how far it carries
+    oof = cross_fit_logits(probe, X, y, n_folds, seed, groups=oof_groups(groups))
+    comb = Combiner(calibrator, signals=tuple(stack), n_folds=n_folds, seed=seed)
+    comb.fit(signal_values, oof, y, n_options=n_options, groups=groups)
     return probe, comb, oof

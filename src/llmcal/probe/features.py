@@ -214,6 +214,11 @@ class RunFeatures:
             positions=self.positions,
         )
 
+    @property
+    def n_options(self) -> np.ndarray:
+        """(n,) each item's number of options (chance is 1 / n_options)."""
+        return np.array([len(x) for x in self.option_logprobs], dtype=np.int64)
+
     def option_logit_matrix(self) -> np.ndarray:
         """(n, k_max) option log-likelihoods, -inf padded (temperature scaling's input)."""
         k = max(len(x) for x in self.option_logprobs)

@@ -34,7 +34,7 @@ Shapes: ``X`` (n, D) float, ``y`` (n,) 0/1; outputs (n,).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 
@@ -71,6 +71,70 @@ def n_folds_for(y: np.ndarray, n_folds: int) -> int:
     """Stratified folds cannot outnumber the minority class."""
     minority = int(min(y.sum(), len(y) - y.sum()))
     return max(2, min(n_folds, minority))
+
+
+def cv_splits(y: np.ndarray, n_folds: int, seed: int, groups: np.ndarray | None = None
+              ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train, validation) index pairs for choosing a hyperparameter or cross-fitting.
+
+    With ``groups`` (n,) holding at least two distinct values (the source tasks of a pooled
+    calibration part): leave one group out, so a choice is judged on a task the fit never
+    saw -- the deployment the pool is fitted for, where a model that learned each task's
+    base rate (hidden states name the task) is penalized instead of rewarded (issue #15).
+    Otherwise stratified k-fold (:func:`n_folds_for` folds, shuffled with ``seed``).
+    A validation fold whose training rows hold one class only is dropped.
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    y = np.asarray(y, dtype=np.float64)
+    if groups is not None and len(set(np.asarray(groups).tolist())) >= 2:
+        g = np.asarray(groups)
+        splits = [(np.flatnonzero(g != v), np.flatnonzero(g == v)) for v in sorted(set(g.tolist()))]
+        splits = [(tr, va) for tr, va in splits if 0 < y[tr].sum() < len(tr)]
+        if splits:
+            return splits
+    cv = StratifiedKFold(n_folds_for(y, n_folds), shuffle=True, random_state=seed)
+    return list(cv.split(np.zeros((len(y), 1)), y))
+
+
+def _auroc(z: np.ndarray, y: np.ndarray) -> float:
+    """Mann-Whitney AUROC of scores ``z`` (n,) for labels ``y`` (n,) 0/1 (ties count one half)."""
+    from scipy.stats import rankdata
+
+    r = rankdata(z)
+    n_pos = float(y.sum())
+    return float((r[y == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * (len(y) - n_pos)))
+
+
+def cv_choose(grid: Sequence[float], fold_logits: Callable[[float, np.ndarray, np.ndarray], np.ndarray],
+              y: np.ndarray, splits: list[tuple[np.ndarray, np.ndarray]], grouped: bool, param: str
+              ) -> tuple[float, dict[str, Any]]:
+    """The grid value with the best cross-validated score, and the record of the search.
+
+    ``fold_logits(value, train, validation)`` returns the validation rows' logits.  Stratified
+    folds: the lowest log loss.  Leave-one-task-out folds (``grouped``): the highest mean AUROC
+    over the held-out tasks.  Log loss on a held-out task is dominated by the difference of its
+    base rate from the other tasks', which no penalty can fix and the flattest model hides
+    best, so it would choose a model that ranks nothing; the within-task ranking is what
+    carries to a new task, and the calibrator downstream sets the level.
+    """
+    if grouped:
+        scores = []
+        for v in grid:
+            per_task = [_auroc(fold_logits(v, tr, va), y[va]) for tr, va in splits if 0 < y[va].sum() < len(va)]
+            scores.append(float(np.mean(per_task)) if per_task else 0.5)
+        best = grid[int(np.argmax(scores))]
+        return float(best), {"param": param, "grid": list(grid), "cv_task_auroc": scores, "chosen": float(best),
+                             "n_folds": len(splits), "grouped": True}
+    losses = np.zeros(len(grid))
+    for j, v in enumerate(grid):
+        for tr, va in splits:
+            z = fold_logits(v, tr, va)
+            losses[j] += float(np.sum(np.logaddexp(0.0, z) - y[va] * z))
+    losses /= sum(len(va) for _, va in splits)
+    best = grid[int(np.argmin(losses))]
+    return float(best), {"param": param, "grid": list(grid), "cv_log_loss": losses.tolist(), "chosen": float(best),
+                         "n_folds": len(splits), "grouped": False}
 
 
 def _one_thread():
@@ -186,7 +250,8 @@ class Probe:
     def logit(self, X: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True) -> "Probe":  # pragma: no cover
+    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True,
+            groups: np.ndarray | None = None) -> "Probe":  # pragma: no cover
         raise NotImplementedError
 
     def clone(self) -> "Probe":
@@ -232,12 +297,13 @@ class LogisticProbe(Probe):
 
         return LogisticRegression(C=C, solver="newton-cholesky", max_iter=200)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True) -> "LogisticProbe":
-        """``X`` (n, D), ``y`` (n,).  ``tune`` (or no ``C`` yet): choose ``C`` by CV."""
+    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True,
+            groups: np.ndarray | None = None) -> "LogisticProbe":
+        """``X`` (n, D), ``y`` (n,).  ``tune`` (or no ``C`` yet): choose ``C`` by CV (:func:`cv_splits`:
+        leave-one-group-out when ``groups`` (n,) names two or more source tasks)."""
         import warnings
 
         from sklearn.exceptions import ConvergenceWarning
-        from sklearn.model_selection import StratifiedKFold
 
         X = np.asarray(X, dtype=np.float64)
         tune = tune or self.C is None
@@ -247,17 +313,10 @@ class LogisticProbe(Probe):
         with warnings.catch_warnings(), _one_thread():
             warnings.simplefilter("ignore", ConvergenceWarning)
             if tune:
-                cv = StratifiedKFold(n_folds_for(y, self.n_folds), shuffle=True, random_state=self.seed)
-                splits = list(cv.split(F, y))
-                losses = np.zeros(len(self.Cs))
-                for j, C in enumerate(self.Cs):
-                    for tr, va in splits:
-                        z = self._lr(C).fit(F[tr], y[tr]).decision_function(F[va])
-                        losses[j] += float(np.sum(np.logaddexp(0.0, z) - y[va] * z))
-                losses /= len(y)
-                self.C = float(self.Cs[int(np.argmin(losses))])
-                self.cv_ = {"param": "C", "grid": list(self.Cs), "cv_log_loss": losses.tolist(),
-                            "chosen": self.C, "n_folds": len(splits)}
+                splits = cv_splits(y, self.n_folds, self.seed, groups)
+                self.C, self.cv_ = cv_choose(
+                    self.Cs, lambda C, tr, va: self._lr(C).fit(F[tr], y[tr]).decision_function(F[va]), y, splits,
+                    _grouped(groups), "C")
             m = self._lr(float(self.C)).fit(F, y)
         w = np.asarray(m.coef_, dtype=np.float64).ravel()  # (f,)
         self.coef_ = pre.A_ @ w  # (D,)
@@ -324,10 +383,11 @@ class MLPProbe(Probe):
     def _forward(F: np.ndarray, w: dict[str, np.ndarray]) -> np.ndarray:
         return np.maximum(F @ w["W1_"] + w["b1_"], 0.0) @ w["w2_"] + w["b2_"][0]  # (n,)
 
-    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True) -> "MLPProbe":
-        """``X`` (n, D), ``y`` (n,).  ``tune`` (or no ``penalty`` yet): choose ``penalty`` by CV."""
+    def fit(self, X: np.ndarray, y: np.ndarray, tune: bool = True,
+            groups: np.ndarray | None = None) -> "MLPProbe":
+        """``X`` (n, D), ``y`` (n,).  ``tune`` (or no ``penalty`` yet): choose ``penalty`` by CV
+        (:func:`cv_splits`, by ``groups`` when given)."""
         import torch
-        from sklearn.model_selection import StratifiedKFold
 
         X = np.asarray(X, dtype=np.float64)
         tune = tune or self.penalty is None
@@ -338,17 +398,10 @@ class MLPProbe(Probe):
         torch.set_num_threads(1)
         try:
             if tune:
-                cv = StratifiedKFold(n_folds_for(y, self.n_folds), shuffle=True, random_state=self.seed)
-                splits = list(cv.split(F, y))
-                losses = np.zeros(len(self.penalties))
-                for tr, va in splits:
-                    for j, pen in enumerate(self.penalties):
-                        z = self._forward(F[va], self._train(F[tr], y[tr], pen))
-                        losses[j] += float(np.sum(np.logaddexp(0.0, z) - y[va] * z))
-                losses /= len(y)
-                self.penalty = float(self.penalties[int(np.argmin(losses))])
-                self.cv_ = {"param": "penalty", "grid": list(self.penalties), "cv_log_loss": losses.tolist(),
-                            "chosen": self.penalty, "n_folds": len(splits)}
+                splits = cv_splits(y, self.n_folds, self.seed, groups)
+                self.penalty, self.cv_ = cv_choose(
+                    self.penalties, lambda pen, tr, va: self._forward(F[va], self._train(F[tr], y[tr], pen)), y,
+                    splits, _grouped(groups), "penalty")
             w = self._train(F, y, float(self.penalty))
         finally:
             torch.set_num_threads(threads)
@@ -373,19 +426,30 @@ def make_probe(kind: str, **params: Any) -> Probe:
     return PROBES[kind](**params)
 
 
-def cross_fit_logits(probe: Probe, X: np.ndarray, y: np.ndarray, n_folds: int = 5, seed: int = 0) -> np.ndarray:
+def _grouped(groups: np.ndarray | None) -> bool:
+    return groups is not None and len(set(np.asarray(groups).tolist())) >= 2
+
+
+def cross_fit_logits(probe: Probe, X: np.ndarray, y: np.ndarray, n_folds: int = 5, seed: int = 0,
+                     groups: np.ndarray | None = None) -> np.ndarray:
     """Out-of-fold logits (n,): each row scored by a copy of ``probe`` that never saw it.
 
     Hyperparameters stay as tuned on all rows; each fold refits the preprocessing
     and the weights.  The stacker downstream thus sees the probe as it behaves on
     new items rather than its in-sample overconfidence (Wolpert 1992, stacked
-    generalization).
+    generalization).  With ``groups`` (the source tasks) each task is scored by a probe
+    fitted on the others: the probe as it behaves on a task it never saw.  A row whose
+    fold could not be fitted (its task's complement holds one class) keeps a stratified
+    out-of-fold logit.
     """
-    from sklearn.model_selection import StratifiedKFold
-
     y = check_labels(y, f"{probe.kind} probe", n_folds)
-    out = np.empty(len(y))
-    cv = StratifiedKFold(n_folds_for(y, n_folds), shuffle=True, random_state=seed)
-    for tr, va in cv.split(X, y):
+    out = np.full(len(y), np.nan)
+    for tr, va in cv_splits(y, n_folds, seed, groups):
         out[va] = probe.clone().fit(X[tr], y[tr], tune=False).logit(X[va])
+    if np.isnan(out).any():  # only where a group's complement was one class
+        rest = np.flatnonzero(np.isnan(out))
+        for tr, va in cv_splits(y, n_folds, seed):
+            va = np.intersect1d(va, rest)
+            if len(va):
+                out[va] = probe.clone().fit(X[tr], y[tr], tune=False).logit(X[va])
     return out

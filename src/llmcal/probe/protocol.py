@@ -46,6 +46,7 @@ from llmcal.probe.artifact import ProbeArtifact
 from llmcal.probe.combine import fit_probe_and_combiner
 from llmcal.probe.features import SIGNALS, RunFeatures, concat_features, design_matrix
 from llmcal.probe.models import DEFAULT_COMPONENTS, make_probe
+from llmcal.probe.shift import ShiftScorer
 
 REFERENCE = "internal"
 RAW_SIGNALS = {"internal": "option_prob", **{s: s for s in SIGNALS if s != "option_prob"}}
@@ -67,6 +68,11 @@ class ProbeSettings:
     stack_signals: list[str] = field(default_factory=lambda: list(SIGNALS))  # internal signals the stacker reads
     n_folds: int = 5
     seed: int = 0
+    # issue #15: the source tasks of a pooled calibration part are the CV folds of the probe and the
+    # stacker (leave-one-task-out), and the stacker reads the number of options
+    group_by_task: bool = True
+    chance_feature: bool = True
+    shift_method: str | None = "mahalanobis"  # the per-answer shift score fitted beside the probe (None: none)
     extra_probes: list[str] = field(default_factory=list)  # also report external_<kind>/combined_<kind>
 
     def to_dict(self) -> dict[str, Any]:
@@ -101,19 +107,27 @@ def _fit_artifact(rf: RunFeatures, s: ProbeSettings, kind: str) -> ProbeArtifact
     probe = make_probe(kind, n_hidden=len(positions) * len(layers) * rf.model.hidden_size,
                        n_components=s.n_components,
                        n_folds=s.n_folds, seed=s.seed)
+    groups = rf.tasks if s.group_by_task and len(set(rf.tasks.tolist())) >= 2 else None
     probe, comb, oof = fit_probe_and_combiner(probe, X, rf.signals, rf.correct, s.calibrator, s.n_folds, s.seed,
-                                              stack=s.stack_signals)
+                                              stack=s.stack_signals,
+                                              n_options=rf.n_options if s.chance_feature else None, groups=groups)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         # AUROC of each single signal on the calibration part (the probe's: out of fold), to pick
         # "the best single signal" without looking at the test part
         cal_auroc = {name: float(M.auroc(rf.signals[sig], rf.correct)) for name, sig in RAW_SIGNALS.items()}
         cal_auroc["external"] = float(M.auroc(1.0 / (1.0 + np.exp(-oof)), rf.correct))
+    shift, shift_error = None, None
+    if rf.hidden is not None and s.shift_method:
+        try:
+            shift = ShiftScorer.fit(rf, method=s.shift_method, seed=s.seed)
+        except ValueError as err:  # too few items of a task, no usable hidden block: said, not hidden
+            shift_error = str(err)
     return ProbeArtifact(model=rf.model, layers=layers, use_cheap=s.use_cheap, probe=probe, combiner=comb,
-                         positions=positions,
+                         positions=positions, shift=shift,
                          info={"n_cal": len(rf), "tasks": sorted(set(rf.tasks.tolist())),
                                "accuracy_cal": float(rf.correct.mean()), "settings": s.to_dict(),
-                               "cal_auroc": cal_auroc})
+                               "cal_auroc": cal_auroc, **({"shift_error": shift_error} if shift_error else {})})
 
 
 def fit_all(rf_cal: RunFeatures, s: ProbeSettings) -> Fitted:
@@ -238,6 +252,8 @@ def in_task(rf: RunFeatures, s: ProbeSettings, cal_fraction: float = 0.5, split_
         "combined_weights": f.artifact.combiner.weights() if f.artifact.combiner else None,
         "per_task": {},
     })
+    if f.artifact.shift is not None:  # the share of the test questions unlike the calibration part
+        res["shift"] = f.artifact.shift.summary(t)
     for task in sorted(set(t.tasks.tolist())):
         idx = np.flatnonzero(t.tasks == task)
         sub = t.subset(idx)
