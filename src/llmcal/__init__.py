@@ -11,6 +11,7 @@ The library call does a whole run, as ``llmcal run`` does::
     r = llmcal.run(llmcal.RunConfig(tasks=["builtin"], limit=40, output_path="runs/x"))
     r.results["calibrated_test"]["temperature"]["ece"], r.calibration.confidence(r.samples[0])
     r = llmcal.load_run("runs/x")
+    t = llmcal.transfer("runs/x", "runs/y", adapt="unlabeled")   # x's calibration on y's test part
 
 Confidence has one convention everywhere: a float in [0, 1], higher = more sure.
 Nothing heavy is imported until it is used (``import llmcal`` does not import torch).
@@ -24,6 +25,8 @@ _LAZY = {
     "run": "llmcal.pipeline.run",
     "RunResult": "llmcal.pipeline.result",
     "load_run": "llmcal.pipeline.result",
+    "transfer": "llmcal.pipeline.transfer",
+    "TransferResult": "llmcal.pipeline.transfer",
     "load_backend": "llmcal.backends.registry",
     "load_task": "llmcal.tasks.registry",
     "Calibration": "llmcal.calibrators.calibration",

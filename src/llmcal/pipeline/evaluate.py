@@ -17,7 +17,8 @@ together with the brief's confidence filter (answer only at calibrated confidenc
 
 Both kinds give one results layout (``split``, ``overall``, ``per_task``, ``signals_test``,
 ``calibrated_test``, ``calibrator_errors``, ``primary``, ``filter``, ``risk_control``,
-``reliability``, ``risk_coverage``, ``overconfident_wrong``, ``metric_specs``, ``kind``).
+``reliability``, ``risk_coverage``, ``overconfident_wrong``, ``baseline``, ``metric_specs``, ``kind``;
+``signal_choice`` with ``--signal auto``).
 A free-form run adds ``signals``: each signal raw and recalibrated by the first
 calibrator (default Platt 1999) with its missing count -- an item whose signal is missing
 (an unreadable verbalized reply) is left out *of that signal's* metrics and counted, never
@@ -28,7 +29,13 @@ Defaults per kind (:data:`DEFAULT_CALIBRATORS`, :data:`DEFAULT_SIGNAL`): multipl
 ``temperature`` on ``option_prob``; free form ``platt`` on ``"auto"``, the token-probability
 signal (no extra model call, so a served answer's confidence adds no latency) with the best
 calibration-part AUROC.  Temperature asked for on a free-form run is its binary form,
-``sigmoid(logit(p) / T)``.
+``sigmoid(logit(p) / T)``.  ``--signal auto`` on a multiple-choice run chooses by
+cross-validated ECE and AUROC of the calibrated signal inside the calibration part
+(:func:`choose_signal_cv`); ``signal_choice`` records the choice, the rule and each candidate.
+
+``baseline`` holds the constant-confidence baseline (every test answer gets the calibration
+part's accuracy) and, per calibrator, whether it beats it on ECE and whether the ECE interval
+spans it (too few test items to tell); the checklist reads both.
 """
 
 from __future__ import annotations
@@ -142,6 +149,50 @@ def _choose_signal(conf: dict[str, np.ndarray], correct: np.ndarray, cal: np.nda
     return FALLBACK_SIGNAL[kind] if FALLBACK_SIGNAL[kind] in conf else names[0]
 
 
+#: ``--signal auto`` on a multiple-choice run: folds of the calibration part, and how far under the
+#: best cross-validated AUROC a signal may rank and still be chosen for a lower cross-validated ECE.
+AUTO_FOLDS = 5
+AUTO_AUROC_TOLERANCE = 0.02
+
+
+def choose_signal_cv(cal_samples: Sequence[Sample], names: Sequence[str], calibrator: str, seed: int,
+                     n_bins: int = 15) -> dict[str, Any]:
+    """``--signal auto`` for multiple choice: each signal calibrated by ``calibrator`` in
+    ``AUTO_FOLDS``-fold cross-validation *inside the calibration part* (the test part is never read);
+    among the signals whose out-of-fold AUROC is within ``AUTO_AUROC_TOLERANCE`` of the best, the one
+    with the lowest out-of-fold ECE.  Returns the choice, the rule and every candidate's numbers."""
+    n = len(cal_samples)
+    y = np.array([s.correct for s in cal_samples], dtype=float)
+    folds = np.random.default_rng(seed).permutation(n) % AUTO_FOLDS  # (n,) fold of each item
+    cands: dict[str, dict[str, Any]] = {}
+    for name in names:
+        oof = np.full(n, np.nan)
+        try:
+            for k in range(AUTO_FOLDS):
+                tr, te = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+                if not len(te):
+                    continue
+                cobj = Calibration.fit([cal_samples[i] for i in tr], name, calibrator, seed=seed)
+                oof[te] = cobj.confidences([cal_samples[i] for i in te])
+        except ValueError as err:
+            cands[name] = {"error": str(err)}
+            continue
+        with _warnings_off(True):
+            cands[name] = {"cv_ece": float(M.ece(oof, y, n_bins=n_bins)), "cv_auroc": float(M.auroc(oof, y))}
+    ok = {k: v for k, v in cands.items() if "cv_ece" in v and not math.isnan(v["cv_auroc"])}
+    if not ok:
+        chosen = FALLBACK_SIGNAL["mc"] if FALLBACK_SIGNAL["mc"] in names else names[0]
+        why = "no signal could be calibrated in every fold; the default"
+    else:
+        best_auc = max(v["cv_auroc"] for v in ok.values())
+        near = {k: v for k, v in ok.items() if v["cv_auroc"] >= best_auc - AUTO_AUROC_TOLERANCE}
+        chosen = min(near, key=lambda k: (near[k]["cv_ece"], -near[k]["cv_auroc"]))
+        why = (f"lowest {AUTO_FOLDS}-fold cross-validated ECE ({near[chosen]['cv_ece']:.3f}, {calibrator}) among "
+               f"the signals within {AUTO_AUROC_TOLERANCE} of the best cross-validated AUROC ({best_auc:.3f}), "
+               "on the calibration part only")
+    return {"chosen": chosen, "rule": why, "calibrator": calibrator, "folds": AUTO_FOLDS, "candidates": cands}
+
+
 def evaluate(
     samples: Sequence[Sample],
     calibrators: Sequence[str] | None = None,
@@ -179,8 +230,13 @@ def evaluate(
     cal, test = split_indices(tasks, cal_fraction, seed)
 
     chosen = signal or DEFAULT_SIGNAL[kind]
-    if chosen == "auto":
+    signal_choice: dict[str, Any] | None = None
+    if chosen == "auto" and kind == "mc":
+        signal_choice = choose_signal_cv([samples[i] for i in cal], names, calibrators[0], seed)
+        chosen = signal_choice["chosen"]
+    elif chosen == "auto":
         chosen = _choose_signal(conf, correct, cal, names, kind)
+        signal_choice = {"chosen": chosen, "rule": "the token signal with the best AUROC on the calibration part"}
     if chosen not in conf:
         raise ValueError(f"signal {chosen!r}: not recorded in these samples; recorded: {', '.join(names)}")
     have = ~np.isnan(conf[chosen])  # (n,) items with the calibrated signal
@@ -249,6 +305,10 @@ def evaluate(
 
     primary = next(iter(calibrated), None)  # the first calibrator listed that fitted
     results["primary"] = {"signal": chosen, "calibrator": primary}
+    if signal_choice is not None:
+        results["signal_choice"] = signal_choice
+    results["baseline"] = _constant_baseline(correct, cal_s, test_s, results["calibrated_test"], n_bins,
+                                             n_bootstrap, seed)
     results["filter"] = {"raw": _filter(raw[test_s], correct[test_s], threshold)}
     if primary:
         results["filter"]["calibrated"] = _filter(calibrated[primary][test_s], correct[test_s], threshold)
@@ -285,6 +345,10 @@ def evaluate(
         }
         for i in wrong_test[:top_overconfident]
     ]
+    from llmcal.pipeline.breakdown import breakdown  # levels (test part) and per_subtask (MMLU subjects)
+
+    results.update(breakdown(samples, test_s, raw, calibrated.get(primary) if primary else None, correct,
+                             threshold, n_bins, primary or chosen))
     results["metric_specs"] = M.METRIC_SPECS
 
     if kind == "open":
@@ -300,6 +364,29 @@ def evaluate(
             results["serving"] = {"signal": chosen, "calibrator": primary, "cal_auroc": cal_auroc}
             calibrations[primary].fitted_on["cal_auroc"] = cal_auroc
     return clean(results), calibrations
+
+
+def _constant_baseline(correct: np.ndarray, cal_s: np.ndarray, test_s: np.ndarray, calibrated: Mapping[str, Any],
+                       n_bins: int, n_bootstrap: int, seed: int) -> dict[str, Any]:
+    """The constant-confidence baseline: every test answer gets the calibration part's accuracy.
+
+    It is the calibration that transfers best when nothing is known of an answer, so each calibrator
+    is compared with it on the test part, on ECE and on the Brier score (``calibrators[name]``:
+    ``beats_constant_ece``, ``beats_constant_brier``, ``beats_constant`` = both, and whether the
+    95% intervals hold the constant's values: too few test items to tell; see
+    :func:`llmcal.pipeline.transfer.judge`).
+    """
+    from llmcal.pipeline.transfer import constant_row, judge
+
+    acc = float(correct[cal_s].mean()) if len(cal_s) else 0.5
+    with _warnings_off(True):
+        row = constant_row(acc, correct[test_s], n_bins, n_bootstrap, seed)
+    flags = {}
+    for name, block in calibrated.items():
+        j = judge({"ece": block.get("ece"), "brier": block.get("brier"), "ci95": block.get("ci95")}, row)
+        flags[name] = {k: v for k, v in j.items() if k not in ("ece", "brier", "ci95")}
+    return {"constant": row, "confidence": acc, "what": "the calibration part's accuracy, given to every answer",
+            "calibrators": flags}
 
 
 def _signal_table(samples: Sequence[Sample], conf: dict[str, np.ndarray], correct: np.ndarray, cal: np.ndarray,

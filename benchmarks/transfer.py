@@ -1,0 +1,247 @@
+"""Calibration that travels (issue #15): the leave-one-task-out transfer matrix.
+
+    llmcal measure --tasks arc_easy --limit 400 --output_path /tmp/shift_runs/arc_easy    # one run a task
+    ...
+    python benchmarks/transfer.py /tmp/shift_runs/{builtin,arc_easy,...} --out /tmp/transfer_bench
+
+For every run (one task each, one model) as the *target*, every calibration is fitted on the
+*pool* of the other runs' calibration parts (each run's own seeded per-task split,
+``core/split.split_indices``) and applied unchanged to the target's test part -- exactly what
+``llmcal calibrate TARGET --from POOL_RUN`` does (the work is :func:`llmcal.pipeline.transfer.evaluate_transfer`).
+Compared, on ECE (15 bins) and AUROC:
+
+* raw ``option_prob``, raw ``option_prob_norm``;
+* ``temperature`` (on the option log-likelihoods), ``temperature_norm`` (temperature on
+  ``option_prob_norm``), ``platt`` (on ``option_prob``);
+* ``combined``: the probe and stacker of :mod:`llmcal.probe` fitted on the pool (needs hidden states);
+* ``constant``: the pool's accuracy given to every answer;
+* ``<calibration>+atc`` / ``+doc``: the calibration rescaled to the target's accuracy estimated from its
+  unlabeled calibration part (``--adapt unlabeled``).
+
+Prints the matrix, the means, the cells worse than the constant, and the issue's targets; writes
+``transfer.json`` and ``transfer.md`` under ``--out``.  Exit status 0 whatever they say.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CALIBRATIONS = (("temperature", "option_prob", "temperature"),
+                ("temperature_norm", "option_prob_norm", "temperature"),
+                ("platt", "option_prob", "platt"))
+RAW = ("option_prob", "option_prob_norm")
+SINGLE = ("option_prob", "option_prob_norm", "margin", "entropy")
+#: The label-free accuracy estimators compared (``--estimator``); the product's default is the one with the
+#: lowest mean ECE over the leave-one-task-out cells.
+ADAPT_ESTIMATORS = ("atc", "doc", "atc@option_prob_norm", "doc@option_prob_norm")
+
+
+def load(paths: list[str]):
+    from llmcal.records.run_dir import RunDir
+
+    runs = {}
+    for p in paths:
+        samples = RunDir(p).read_samples()
+        task = samples[0].task
+        runs[task] = {"path": p, "samples": samples}
+    return runs
+
+
+def fit_pool(pool: list, calibrations=CALIBRATIONS) -> tuple[dict[str, Any], dict[str, str]]:
+    from llmcal.calibrators.calibration import Calibration
+
+    cals, errors = {}, {}
+    for name, signal, calibrator in calibrations:
+        try:
+            cals[name] = Calibration.fit(pool, signal, calibrator, seed=0)
+        except ValueError as err:
+            errors[name] = str(err)
+    for sig in RAW:
+        cals[f"raw {sig}"] = Calibration.none(sig)
+    return cals, errors
+
+
+def combined_on(pool_rf, target_rf, seed: int) -> np.ndarray:
+    from llmcal.probe.protocol import ProbeSettings, fit_all
+
+    f = fit_all(pool_rf, ProbeSettings(seed=seed))
+    return f.artifact.predict(target_rf)["combined"]
+
+
+def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -> dict[str, Any]:
+    from llmcal.core.split import split_indices
+    from llmcal.pipeline.evaluate import metrics_with_ci
+    from llmcal.pipeline.transfer import adapt_calibration, evaluate_transfer, parse_estimator
+
+    splits = {t: split_indices([s.task for s in r["samples"]], cal_fraction, seed) for t, r in runs.items()}
+    pool = [r["samples"][i] for t, r in runs.items() if t != target for i in splits[t][0]]
+    tgt = runs[target]["samples"]
+    cal_idx, test_idx = splits[target]
+    cals, errors = fit_pool(pool)
+    extra = {}
+    if probe:
+        from llmcal.probe.features import concat_features, load_run_features
+
+        rfs = {t: r.setdefault("rf", load_run_features(r["path"], compute_fingerprint=False)) for t, r in runs.items()}
+        pool_rf = concat_features([rfs[t].subset(splits[t][0]) for t in runs if t != target])
+        extra["combined"] = combined_on(pool_rf, rfs[target].subset(test_idx), seed)
+    res = evaluate_transfer(cals, pool, tgt, cal_idx, test_idx, adapt=None, extra=extra, in_task=False,
+                            n_bootstrap=0, seed=seed)
+    const = res["constant"]
+    rows = {"constant": {"ece": const["ece"], "auroc": const["auroc"], "brier": const["brier"]}}
+    for name, r in res["transferred"].items():
+        rows[name] = {k: r[k] for k in ("ece", "auroc", "brier", "beats_constant_ece", "beats_constant_brier")}
+    test = [tgt[i] for i in test_idx]
+    y = np.array([s.correct for s in test], dtype=float)
+    unlabeled = [tgt[i] for i in cal_idx]
+    for est in ADAPT_ESTIMATORS:
+        try:
+            est_name, gauge = parse_estimator(est, pool)
+        except ValueError as err:
+            errors[est] = str(err)
+            continue
+        for name in ("temperature", "temperature_norm", "platt"):
+            if name not in cals:
+                continue
+            a = adapt_calibration(cals[name], pool, unlabeled, est_name, reference=gauge)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                m = metrics_with_ci(a.confidences(test), y, 15, 0, seed)
+            rows[f"{name}+{est}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
+                                     "beats_constant_ece": m["ece"] < const["ece"],
+                                     "beats_constant_brier": m["brier"] < const["brier"],
+                                     "estimated_accuracy": a.info["estimated_accuracy"]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from llmcal import metrics as M
+
+        single = {s: float(M.auroc(np.array([t.signals[s] for t in test]), y)) for s in SINGLE}
+    return {"rows": rows, "errors": errors, "single_auroc": single, "accuracy": float(y.mean()),
+            "pool_accuracy": const["confidence"], "n_test": len(test_idx), "n_pool": len(pool)}
+
+
+def summarize(cells: dict[str, dict]) -> dict[str, Any]:
+    methods = list(next(iter(cells.values()))["rows"])
+    for c in cells.values():
+        methods += [m for m in c["rows"] if m not in methods]
+    out: dict[str, Any] = {"mean_ece": {}, "mean_auroc": {}, "worse_than_constant_ece": {}, "n_cells": {}}
+    for m in methods:
+        vals = [c["rows"][m] for c in cells.values() if m in c["rows"]]
+        out["n_cells"][m] = len(vals)
+        out["mean_ece"][m] = float(np.mean([v["ece"] for v in vals]))
+        out["mean_auroc"][m] = float(np.nanmean([np.nan if v["auroc"] is None else v["auroc"] for v in vals]))
+        if m != "constant":
+            out["worse_than_constant_ece"][m] = sorted(t for t, c in cells.items()
+                                                       if m in c["rows"] and not c["rows"][m]["beats_constant_ece"])
+    single = {s: float(np.mean([c["single_auroc"][s] for c in cells.values()])) for s in SINGLE}
+    out["mean_single_auroc"] = single
+    transferred = [m for m in methods if m not in ("constant",) and "+" not in m]
+    best = min(transferred, key=lambda m: out["mean_ece"][m])
+    adapted = [m for m in methods if "+" in m]
+    best_adapted = min(adapted, key=lambda m: out["mean_ece"][m]) if adapted else None
+    out["targets"] = {
+        "best_transferred": best, "best_transferred_mean_ece": out["mean_ece"][best],
+        "best_transferred_mean_ece_le_0.08": out["mean_ece"][best] <= 0.08,
+        "best_transferred_cells_worse_than_constant": len(out["worse_than_constant_ece"][best]),
+        "best_single_signal": max(single, key=single.get), "best_single_mean_auroc": max(single.values()),
+        "combined_mean_auroc": out["mean_auroc"].get("combined"),
+        "combined_auroc_ge_best_single": (out["mean_auroc"].get("combined") or 0) >= max(single.values()),
+        "best_adapted": best_adapted,
+        "best_adapted_mean_ece": out["mean_ece"].get(best_adapted) if best_adapted else None,
+        "best_adapted_mean_ece_le_0.06": (out["mean_ece"][best_adapted] <= 0.06) if best_adapted else None,
+    }
+    return out
+
+
+def compact_methods(summary: dict[str, Any], n_adapted: int = 2) -> list[str]:
+    """The matrix's columns: every unadapted method, then the ``n_adapted`` adapted ones with the lowest mean ECE."""
+    plain = [m for m in summary["mean_ece"] if "+" not in m]
+    adapted = sorted((m for m in summary["mean_ece"] if "+" in m), key=lambda m: summary["mean_ece"][m])
+    return plain + adapted[:n_adapted]
+
+
+def means_table(summary: dict[str, Any]) -> str:
+    """Every method's mean ECE and AUROC over the targets, and its cells worse than the constant (ECE)."""
+    rows = ["| method | mean ECE | mean AUROC | cells worse than constant (ECE) |", "|---|---:|---:|---|"]
+    for m in sorted(summary["mean_ece"], key=lambda m: summary["mean_ece"][m]):
+        worse = summary["worse_than_constant_ece"].get(m)
+        rows.append(f"| {m} | {summary['mean_ece'][m]:.3f} | {summary['mean_auroc'][m]:.3f} | "
+                    + ("" if worse is None else f"{len(worse)}" + (f" ({', '.join(worse)})" if worse else "")) + " |")
+    return "\n".join(rows)
+
+
+def table(cells: dict[str, dict], summary: dict[str, Any], metric: str) -> str:
+    methods = compact_methods(summary)
+    head = "| target | acc | " + " | ".join(methods) + " |"
+    rows = [head, "|---|---:|" + "---:|" * len(methods)]
+    for t, c in cells.items():
+        vals = []
+        for m in methods:
+            r = c["rows"].get(m)
+            if r is None or r.get(metric) is None:
+                vals.append("n/a")
+                continue
+            txt = f"{r[metric]:.3f}"
+            if metric == "ece" and m != "constant" and not r["beats_constant_ece"]:
+                txt += "*"
+            vals.append(txt)
+        rows.append(f"| {t} | {c['accuracy']:.2f} | " + " | ".join(vals) + " |")
+    key = "mean_ece" if metric == "ece" else "mean_auroc"
+    rows.append("| **mean** | | " + " | ".join(f"**{summary[key][m]:.3f}**" for m in methods) + " |")
+    if metric == "ece":
+        rows.append("| cells worse than constant | | " + " | ".join(
+            "" if m == "constant" else str(len(summary["worse_than_constant_ece"][m])) for m in methods) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="transfer", description=__doc__.split("\n\n")[0])
+    p.add_argument("runs", nargs="+", help="run folders, one task each, one model")
+    p.add_argument("--out", default="runs/transfer_bench")
+    p.add_argument("--cal_fraction", type=float, default=0.5)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no_probe", action="store_true", help="skip `combined` (runs without hidden states)")
+    args = p.parse_args(argv)
+    t0 = time.perf_counter()
+    runs = load(args.runs)
+    cells = {}
+    for target in runs:
+        t1 = time.perf_counter()
+        cells[target] = cell(runs, target, args.cal_fraction, args.seed, not args.no_probe)
+        print(f"{target}: done in {time.perf_counter() - t1:.1f} s", file=sys.stderr, flush=True)
+    summary = summarize(cells)
+    try:
+        load_avg = Path("/proc/loadavg").read_text().split()[:3]
+    except OSError:
+        load_avg = None
+    md = ("### ECE on each target's test part (fitted on the other tasks' calibration parts; * = worse than "
+          "the constant)\n\n" + table(cells, summary, "ece") + "\n\n### AUROC\n\n" + table(cells, summary, "auroc")
+          + "\n\nMean AUROC of the single raw signals: "
+          + ", ".join(f"{k} {v:.3f}" for k, v in summary["mean_single_auroc"].items())
+          + "\n\n### Every method, by mean ECE\n\n" + means_table(summary) + "\n")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from llmcal.records.results import clean
+
+    payload = {"runs": args.runs, "cells": cells, "summary": summary, "seconds": time.perf_counter() - t0,
+               "loadavg": load_avg}
+    (out / "transfer.json").write_text(json.dumps(clean(payload), indent=2))
+    (out / "transfer.md").write_text(md)
+    print(md)
+    print("Targets (issue #15):")
+    for k, v in summary["targets"].items():
+        print(f"  {k}: {v}")
+    print(f"{time.perf_counter() - t0:.0f} s; load average {' '.join(load_avg or [])}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
