@@ -127,15 +127,52 @@ def test_medium_confidence_lists_the_alternatives(client):
     assert c["sentence"] == "I'm unsure \u2014 here are a few possibilities: a, b, c."
 
 
-def test_abstention_answers_the_safe_refusal_and_keeps_the_model_answer(client):
+def test_abstention_keeps_the_answer_in_content_and_says_so_in_the_confidence(client):
     d = client.post("/v1/chat/completions", json=chat("coin?", options=["heads", "tails"])).json()
-    assert d["choices"][0]["message"]["content"] == REFUSAL
+    assert d["choices"][0]["message"]["content"] == "heads"  # an OpenAI client still gets the answer
     c = d["confidence"]
     assert (c["level"], c["colour"], c["abstained"], c["action"]) == ("low", "red", True, "abstain")
     assert c["answer"] is None and c["model_answer"] == "heads" and c["sentence"] == REFUSAL
     assert [a["text"] for a in c["alternatives"]] == ["tails"]
     a = client.post("/v1/ask", json={"question": "coin?", "choices": ["heads", "tails"]}).json()
-    assert a["answer"] == REFUSAL and a["model_answer"] == "heads" and a["confidence"]["abstained"]
+    assert a["answer"] == "heads" and a["model_answer"] == "heads" and a["confidence"]["abstained"]
+
+
+def test_policy_refuse_replaces_only_an_abstained_answer(fake):
+    body = chat("coin?", options=["heads", "tails"])
+    with TestClient(create_app(fake)) as c:  # the server's default: answer
+        assert c.post("/v1/chat/completions", json={**body, "policy": "refuse"}).json()[
+            "choices"][0]["message"]["content"] == REFUSAL
+        sure = c.post("/v1/chat/completions", json=chat(options=["Paris", "Lyon"], policy="refuse")).json()
+        assert sure["choices"][0]["message"]["content"] == "Paris"  # not abstained: the answer
+        ask = c.post("/v1/ask", json={"question": "coin?", "choices": ["heads", "tails"], "policy": "refuse"})
+        assert ask.json()["answer"] == REFUSAL and ask.json()["model_answer"] == "heads"
+    with TestClient(create_app(fake, policy="refuse")) as c:  # the server's default: refuse
+        assert c.get("/health").json()["policy"] == "refuse"
+        d = c.post("/v1/chat/completions", json=body).json()
+        assert d["choices"][0]["message"]["content"] == REFUSAL and d["confidence"]["model_answer"] == "heads"
+        d = c.post("/v1/chat/completions", json={**body, "policy": "answer"}).json()  # a request overrides it
+        assert d["choices"][0]["message"]["content"] == "heads"
+        assert c.post("/v1/chat/completions", json={**body, "policy": "maybe"}).status_code == 422
+    with pytest.raises(ValueError, match="policy: 'maybe' is not one of answer, refuse"):
+        create_app(fake, policy="maybe")
+
+
+def test_a_request_sets_its_own_abstain_threshold(client):
+    body = chat("unsure?", options=["a", "b", "c"])  # score 0.665
+    c = client.post("/v1/chat/completions", json=body).json()["confidence"]
+    assert c["abstained"] and c["thresholds"] == {"high": 0.9, "abstain": 0.75}
+    c = client.post("/v1/chat/completions", json={**body, "confidence_threshold": 0.6}).json()["confidence"]
+    assert not c["abstained"] and c["level"] == "medium" and c["thresholds"] == {"high": 0.9, "abstain": 0.6}
+    # above the server's "very sure" mark, high rises with it: nothing is "very sure" below the threshold
+    c = client.post("/v1/chat/completions", json=chat(options=["Paris", "Lyon"], confidence_threshold=0.999)).json()
+    assert c["confidence"]["thresholds"] == {"high": 0.999, "abstain": 0.999}
+    assert c["confidence"]["level"] == "high" and c["confidence"]["score"] >= 0.999
+    a = client.post("/v1/ask", json={"question": "unsure?", "choices": ["a", "b", "c"], "confidence_threshold": 0.5})
+    assert a.json()["confidence"]["abstained"] is False
+    for bad in (-0.1, 1.5, "high"):
+        r = client.post("/v1/chat/completions", json={**body, "confidence_threshold": bad})
+        assert r.status_code == 422 and r.json()["error"]["message"].startswith("confidence_threshold:")
 
 
 def test_ask_free_form_uncalibrated_and_sampled_alternatives(client):
@@ -209,8 +246,10 @@ def test_api_key_401_and_accepted_forms(fake):
     chat(temperature=5),
     chat(max_tokens=0),
     chat(max_tokens=100000),
-    chat(n=3),
-    chat(stream=True),
+    chat(n=0),
+    chat(n=9),
+    chat(top_logprobs=3),  # without logprobs: true
+    chat(logprobs=True, top_logprobs=21),
     chat(samples=-1),
     {"messages": [{"role": "system", "content": "no user message"}]},
     {"messages": [{"role": "user", "content": "   "}]},
@@ -419,3 +458,193 @@ def test_an_open_ended_runs_calibration_serves_free_form(tmp_path):
         m = cl.post("/v1/ask", json={"question": "q", "choices": ["a", "b"]}).json()["confidence"]
     assert f["signal"] == "min_token_prob" and f["calibrator"] == "isotonic" and f["calibrated"]
     assert m["calibrator"] == "none" and not m["calibrated"] and "uncalibrated" in m["note"]
+
+
+# ------------------------------------------------------------------ OpenAI compatibility, events, reload
+def test_models_list_and_streamed_chunks(client):
+    m = client.get("/v1/models").json()
+    assert m["object"] == "list" and [(d["id"], d["object"], d["owned_by"]) for d in m["data"]] == [
+        ("fake-model", "model", "llmcal")]
+    plain = client.post("/v1/chat/completions", json=chat("unsure?", options=["a", "b", "c"])).json()
+    r = client.post("/v1/chat/completions", json=chat("unsure?", options=["a", "b", "c"], stream=True,
+                                                      stream_options={"include_usage": True}))
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    events = r.text.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e[len("data: "):]) for e in events[:-2]]
+    assert [c["choices"][0]["delta"] if c["choices"] else None for c in chunks] == [
+        {"role": "assistant", "content": ""}, {"content": "a"}, {}, None]
+    assert len({c["id"] for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-")
+    assert [c["choices"][0]["finish_reason"] if c["choices"] else "usage" for c in chunks] == [None, None, "stop",
+                                                                                               "usage"]
+    last = chunks[2]
+    assert last["confidence"] == last["choices"][0]["confidence"] and last["confidence"]["id"] == last["id"]
+    strip = lambda c: {k: v for k, v in c.items() if k != "id"}  # noqa: E731
+    assert strip(last["confidence"]) == strip(plain["confidence"])
+    assert chunks[3]["usage"] == plain["usage"] and all(c["object"] == "chat.completion.chunk" for c in chunks)
+
+
+def test_every_answer_is_told_once_per_choice_and_a_failing_listener_fails_nothing(fake, caplog):
+    events = []
+    with TestClient(create_app(fake, on_answer=events.append)) as c:
+        d = c.post("/v1/chat/completions", json=chat("coin?", options=["heads", "tails"])).json()
+        (e,) = events
+        assert (e.id, e.question, e.answer, e.abstained, e.level, e.threshold) == (
+            d["id"], "coin?", "heads", True, "low", 0.75)
+        assert e.confidence == pytest.approx(d["confidence"]["score"]) and e.calibration_version == "none"
+        assert e.signals["option_prob"] == pytest.approx(d["confidence"]["raw_score"]) and e.latency_ms > 0
+        assert set(e.signals) == {"option_prob", "option_prob_norm", "margin", "entropy"}
+        d = c.post("/v1/chat/completions", json=chat(n=3, temperature=0.5, seed=3, stream=True))
+        assert [x.id for x in events[1:]] == [events[1].id, f"{events[1].id}-1", f"{events[1].id}-2"]
+        assert [q.seed for q in fake.seen[-3:]] == [3, 3 + 17, 3 + 34]  # each choice samples with its own seed
+        a = c.post("/v1/ask", json={"question": "q", "choices": ["a", "b"], "confidence_threshold": 0.2}).json()
+        assert events[-1].id == a["id"] == a["confidence"]["id"] and events[-1].threshold == 0.2
+        c.post("/v1/ask", json={"question": "q", "choices": ["a", "b"], "confidence": False})
+        assert (events[-1].confidence, events[-1].level, events[-1].signals) == (None, "", {})
+        assert c.post("/v1/ask", json={"question": "boom", "choices": ["a", "b"]}).status_code == 400
+        assert len(events) == 6  # a failed request tells nothing
+
+    def broken(event):
+        raise RuntimeError("the log is down")
+
+    with TestClient(create_app(fake, on_answer=broken)) as c:
+        r = c.post("/v1/ask", json={"question": "q", "choices": ["a", "b"]})
+    assert r.status_code == 200 and "on_answer failed" in caplog.text
+
+
+def test_extra_routers_are_mounted_behind_the_key(fake):
+    from fastapi import APIRouter
+
+    router = APIRouter()
+
+    @router.post("/v1/feedback")
+    async def feedback(body: dict):
+        return {"stored": body["id"]}
+
+    with TestClient(create_app(fake, api_key="k", extra_routers=[router])) as c:
+        assert c.post("/v1/feedback", json={"id": "x"}).status_code == 401
+        assert c.post("/v1/feedback", json={"id": "x"}, headers={"X-API-Key": "k"}).json() == {"stored": "x"}
+
+
+def test_a_listed_answer_keeps_one_full_stop():
+    from llmcal.policy import decide
+
+    d = decide(0.8, "The capital of Italy is Rome.", [("The capital of Italy is Rome.", 0.8), ("Milan.", 0.2)])
+    assert d.sentence == "I'm unsure \u2014 here are a few possibilities: The capital of Italy is Rome, Milan."
+    assert d.answer == "The capital of Italy is Rome."  # the answer itself is untouched
+    assert decide(0.95, "Rome.").sentence == "I'm very sure about this."
+
+
+class _Counted:
+    """The smallest backend an :class:`Answerer` serves multiple choice with (log-likelihoods by option)."""
+
+    name = "hf"
+    model_name = "counted"
+    capabilities = frozenset({"score"})
+    vocab_size = None
+
+    def fingerprint(self):
+        return "counted-1"
+
+    def score_mc(self, reqs):
+        from llmcal.core.requests import MCScore
+
+        k = len(reqs[0].continuations)
+        return [MCScore(np.array([0.0] + [-1.0] * (k - 1)), np.ones(k, dtype=int), np.zeros(k, dtype=bool))]
+
+    def count_tokens(self, text):
+        return 3
+
+
+def test_reload_swaps_the_calibration_and_refuses_another_models(tmp_path):
+    import hashlib
+
+    from llmcal.serve.answerer import Answerer
+    from llmcal.signals.mc import softmax
+
+    run = _write_run(tmp_path)
+    a = Answerer(_Counted(), SavedCalibration.from_run(run))
+    v1 = hashlib.sha256((run / "calibration.json").read_bytes()).hexdigest()[:12]
+    ll = np.array([0.0, -1.0, -1.0])
+    with TestClient(create_app(a, api_key="k")) as c:
+        ask = lambda: c.post("/v1/ask", headers={"X-API-Key": "k"},  # noqa: E731
+                             json={"question": "q", "choices": ["a", "b", "c"]}).json()["confidence"]
+        first = ask()
+        assert first["calibration_version"] == v1 and first["score"] == pytest.approx(softmax(ll / 2.0)[0])
+        assert c.post("/admin/reload").status_code == 401
+        _write_run(tmp_path, threshold=0.3, calibrators={"temperature": {
+            "name": "temperature", "version": 1, "bounds": [0.01, 100.0], "temperature_": 0.5, "mode_": "multiclass",
+            "n_classes_": 4}})
+        v2 = hashlib.sha256((run / "calibration.json").read_bytes()).hexdigest()[:12]
+        r = c.post("/admin/reload", headers={"X-API-Key": "k"})
+        assert r.json() == {"calibration_version": v2, "previous": v1}
+        second = ask()
+        assert second["calibration_version"] == v2 and second["score"] == pytest.approx(softmax(ll / 0.5)[0])
+        assert second["thresholds"]["abstain"] == 0.3  # the new run's threshold
+        assert c.get("/health", headers={"X-API-Key": "k"}).json()["calibration"]["calibration_version"] == v2
+        _write_run(tmp_path, model_args={"pretrained": "someone/else"})
+        r = c.post("/admin/reload", headers={"X-API-Key": "k"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "reload_failed"
+        assert "a calibration belongs to its model" in r.json()["error"]["message"]
+        assert ask()["calibration_version"] == v2  # the old one stays in use
+    _write_run(tmp_path)
+    fixed = Answerer(_Counted(), SavedCalibration.from_run(run), Thresholds(0.95, 0.5))
+    _write_run(tmp_path, threshold=0.3)
+    assert fixed.reload() == fixed.saved.version and fixed.saved.threshold == 0.3
+    assert fixed.thresholds == Thresholds(0.95, 0.5)  # thresholds given by the caller survive a reload
+    with pytest.raises(ValueError, match="nothing to reload"):
+        Answerer(_Counted()).reload()
+
+
+def test_the_run_is_chosen_only_when_there_is_one(tmp_path, monkeypatch, capsys):
+    from llmcal.cli.main import build_parser
+    from llmcal.cli.serve_commands import build_answerer
+    from llmcal.pipeline.ask import choose_run
+
+    root = tmp_path / "runs"
+    with pytest.raises(FileNotFoundError, match="no calibrated run under"):
+        choose_run(root)
+    root.mkdir()
+    only = _write_run(root)
+    assert choose_run(root) == only
+    (root / "old").mkdir()
+    (root / "old" / "calibration.json").write_text((only / "calibration.json").read_text())
+    with pytest.raises(ValueError, match=r"holds 2 calibrated runs \(.*run.*old.*; newest first\): choose one "
+                                         "with --run DIR"):
+        choose_run(root)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="choose one with --run DIR"):
+        build_answerer(build_parser().parse_args(["serve", "--upstream", "http://127.0.0.1:9/v1"]))
+    from llmcal.cli.main import main
+
+    assert main(["ask", "q?", "--choices", "a;b"]) == 2
+    assert "choose one with --run DIR" in capsys.readouterr().err
+
+
+def test_the_shift_score_reaches_the_confidence_object():
+    """A probe that saved a shift score says per answer whether the question looks like the calibration data;
+    serve's confidence object carries it as ``in_distribution`` (absent without a score)."""
+    import numpy as np
+
+    from llmcal.policy import decide
+    from llmcal.serve.answerer import Reply
+    from llmcal.serve.saved import SavedCalibration
+
+    class ShiftOnly:  # the part of ProbeArtifact serve calls for the shift score and combined
+        def in_distribution(self, hidden, kept_positions=None):
+            return bool(np.abs(hidden).max() < 10)
+
+        def predict_one(self, sample, hidden, kept_positions=None):
+            return {"combined": 0.6}
+
+    saved = SavedCalibration.none()
+    saved.probe = ShiftOnly()
+    ll = np.log([0.7, 0.2, 0.1])
+    for hidden, want in ((np.zeros((1, 4)), True), (np.full((1, 4), 50.0), False)):
+        pred, conf = saved.mc(ll, np.array([1, 1, 1]), hidden=hidden)
+        assert pred == 0 and conf.in_distribution is want
+        reply = Reply("multiple_choice", "a", decide(conf.score, "a"), conf, None)
+        assert reply.confidence_dict()["in_distribution"] is want
+    saved.probe = None
+    _, conf = saved.mc(ll, np.array([1, 1, 1]))
+    assert "in_distribution" not in Reply("multiple_choice", "a", decide(conf.score, "a"), conf, None).confidence_dict()

@@ -13,10 +13,10 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
+from served import Served  # noqa: E402  (tests/ is on sys.path)
 
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
@@ -45,29 +45,6 @@ def write_run(path, temperature=TEMPERATURE):
     return path
 
 
-class Served:
-    """A uvicorn server in a thread, on a free loopback port."""
-
-    def __init__(self, app):
-        import uvicorn
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started and time.time() < deadline:
-            time.sleep(0.02)
-        assert self.server.started, "uvicorn did not start"
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(10)
-        self.sock.close()
-
-
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     return SavedCalibration.from_run(write_run(tmp_path_factory.mktemp("serve") / "run"))
@@ -89,12 +66,13 @@ def served_strict(embedded_backend, saved, served):
     s.close()
 
 
-def test_real_model_over_http(served):
+def test_real_model_over_http(served, saved):
     r = httpx.post(served.url + "/v1/ask", json=FRANCE, timeout=120)
     assert r.status_code == 200, r.text
     d = r.json()
     c = d["confidence"]
-    assert d["answer"] == "Paris" and c["model_answer"] == "Paris"
+    assert d["answer"] == "Paris" and c["model_answer"] == "Paris" and c["id"] == d["id"]
+    assert c["calibration_version"] == saved.version and len(saved.version) == 12
     assert c["calibrator"] == "temperature" and c["signal"] == "option_prob" and c["calibrated"]
     assert c["raw_score"] > 0.95 and 0.9 <= c["score"] < c["raw_score"]  # T > 1 softens it
     assert (c["level"], c["colour"], c["abstained"]) == ("high", "green", False)
@@ -120,7 +98,8 @@ def test_llmcal_serve_command(tmp_path):
     env = {**os.environ, "LLMCAL_TEST_KEY": "k3y"}
     proc = subprocess.Popen([sys.executable, "-m", "llmcal.cli.serve_commands", "--run", str(run), "--port", str(port),
                              "--api_key_env", "LLMCAL_TEST_KEY", "--log_level", "warning"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                            cwd=tmp_path)  # whatever it writes by default (runs/serve.db) stays out of the repo
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.time() + 240
@@ -170,7 +149,7 @@ def browser():
     drv.quit()
 
 
-def _ask_in_page(drv, url, question, choices):
+def _ask_in_page(drv, url, question, choices=()):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
@@ -185,7 +164,14 @@ def _ask_in_page(drv, url, question, choices):
     WebDriverWait(drv, 30).until(lambda d: d.find_element(By.ID, "ask").is_enabled())
     assert drv.find_element(By.ID, "error").text == ""
     fill = drv.find_element(By.ID, "meter-fill")
+    at = ("const m = document.getElementById(arguments[0]); if (m.hidden) return null; "
+          "const r = m.parentElement.getBoundingClientRect(); return (m.getBoundingClientRect().left + "
+          "m.getBoundingClientRect().width / 2 - r.left) / r.width;")
     return {
+        "threshold_mark": drv.execute_script(at, "meter-threshold"),
+        "high_mark": drv.execute_script(at, "meter-high"),
+        "page_text": drv.find_element(By.ID, "result").text,
+        "warning": " ".join(w.text for w in drv.find_elements(By.CSS_SELECTOR, "#meta .warn")),
         "answer": drv.find_element(By.ID, "answer").text,
         "colour": fill.get_attribute("data-colour"),
         "background": fill.value_of_css_property("background-color"),
@@ -208,11 +194,24 @@ def test_page_answers_with_a_green_meter(browser, served):
     assert got["colour"] == "green" and got["background"] == GREEN
     assert got["width"] == pytest.approx(expected["score"], abs=0.02)
     assert got["sentence"] == "I'm very sure about this." and got["level"].startswith("high")
+    # the meter marks where the policy abstains (0.75) and where "very sure" starts (0.90)
+    assert got["threshold_mark"] == pytest.approx(0.75, abs=0.01)
+    assert got["high_mark"] == pytest.approx(0.90, abs=0.01)
+
+
+def test_page_names_an_uncalibrated_free_answer_once(browser, served):
+    got = _ask_in_page(browser, served.url, FRANCE["question"])
+    assert "Paris" in got["answer"]
+    assert got["warning"].startswith("Uncalibrated: the raw mean_token_prob signal") and got["warning"].count(
+        "ncalibrated") == 1
+    if got["sentence"].startswith("I'm unsure"):  # a listed free answer keeps one full stop
+        assert ".." not in got["sentence"]
 
 
 def test_page_shows_the_safe_refusal_when_abstaining(browser, served_strict):
     got = _ask_in_page(browser, served_strict.url, FRANCE["question"], FRANCE["choices"])
-    assert got["answer"] == REFUSAL and got["sentence"] == REFUSAL
+    assert got["answer"] == REFUSAL and got["sentence"] == "" and got["page_text"].count(REFUSAL) == 1
+    assert got["threshold_mark"] == pytest.approx(1.0, abs=0.01)
     assert got["colour"] == "red" and got["background"] == RED and got["level"].startswith("low")
     # the model's answer stays visible, for reference, with the other options
     assert got["alternatives"][0].startswith("Paris (") and len(got["alternatives"]) == 3

@@ -160,6 +160,9 @@ class _Backend:
     def __init__(self):
         self.calls = 0
 
+    def fingerprint(self):
+        return "counting-0"
+
     def score_mc(self, reqs):
         from llmcal.core.requests import MCScore
 

@@ -23,8 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     g = p.add_argument_group("model and calibration")
     g.add_argument("--run", default=None,
-                   help="run folder whose model and calibration to serve (default: the latest under runs/; "
-                        "'none' = uncalibrated)")
+                   help="run folder whose model and calibration to serve; needed when runs/ holds more than "
+                        "one calibrated run (the one there is used otherwise, and named at start); "
+                        "'none' = uncalibrated")
     g.add_argument("--model_args", "--model-args", default="",
                    help="without a run: the model (lm-eval style, empty = the embedded model); with a run it "
                         "must match the run's")
@@ -39,6 +40,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--high", type=float, default=None, help="'very sure' from (default 0.90)")
     g.add_argument("--no_probe", "--no-probe", action="store_true",
                    help="ignore the run's probe (use the calibrated internal signal, not `combined`)")
+    g.add_argument("--policy", default="answer", choices=["answer", "refuse"],
+                   help="an abstained answer's content: the model's answer, with confidence.abstained true "
+                        "(answer, the OpenAI-compatible default), or the safe refusal (refuse); a request's "
+                        "`policy` field overrides it")
     s = p.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (loopback only)")
     s.add_argument("--port", type=int, default=8000)
@@ -56,6 +61,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--max_prompt_chars", "--max-prompt-chars", type=int, default=8000,
                    help="longest prompt accepted, in characters; longer get 413 (default 8000)")
     s.add_argument("--log_level", "--log-level", default="info", choices=["critical", "error", "warning", "info"])
+    a = p.add_argument_group("answer log and feedback (docs/serve.md)")
+    a.add_argument("--db", default="sqlite:///runs/serve.db",
+                   help="log every answer here, with /v1/feedback, /v1/monitor and /dashboard: sqlite:///PATH or "
+                        "postgresql://USER@HOST:PORT/NAME (default sqlite:///runs/serve.db; 'off' = no log)")
+    a.add_argument("--log_text", "--log-text", choices=["on", "off"], default="on",
+                   help="off = store sha256 hashes of questions and answers, never their text (default on)")
+    a.add_argument("--retention_days", "--retention-days", type=float, default=None,
+                   help="delete logged answers older than this (default: keep; 30 with --log_text off)")
     p.set_defaults(func=cmd_serve)
 
 
@@ -70,12 +83,16 @@ def build_answerer(args: argparse.Namespace):
     elif args.run:
         run = Path(args.run)
     else:
-        from llmcal.pipeline.ask import latest_run
+        from llmcal.pipeline.ask import choose_run
 
         try:
-            run = latest_run()
+            run = choose_run()  # the only calibrated run; several are refused (ValueError: exit 2)
         except FileNotFoundError:
             run = None
+        if run is not None:
+            print(f"llmcal serve: serving {run} (the only calibrated run under runs/; --run to choose)",
+                  file=sys.stderr)
+            args.run = str(run)  # what was chosen is what later steps (the answer log) see
     if run is None:
         print("llmcal serve: no calibrated run; confidences are raw (uncalibrated)", file=sys.stderr)
     upstream = None
@@ -138,12 +155,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from llmcal.serve.answerer import Query
 
     answerer.answer(Query("Warm-up?", ["yes", "no"]))  # the first call pays for lazy set-up, not a user
+    from llmcal.serve.feedback_api import answer_log_wiring
+
+    run_dir = None if not args.run or args.run.lower() == "none" else args.run
+    log_kw, close_log = answer_log_wiring(args.db, args.log_text == "on", args.retention_days, run_dir)
     app = create_app(answerer, api_key=api_key, max_prompt_chars=args.max_prompt_chars, max_queue=args.max_queue,
-                     request_timeout=args.request_timeout, allowed_hosts=allowed_hosts)
+                     request_timeout=args.request_timeout, allowed_hosts=allowed_hosts, policy=args.policy,
+                     reload_on_sighup=True, **log_kw)
     host = f"[{args.host}]" if ":" in args.host else args.host
+    served = answerer.describe()
+    print(f"llmcal serve: run {served.get('run') or 'none'} (calibration {served.get('calibration_version')}, "
+          f"abstain below {answerer.thresholds.abstain:g}, policy {args.policy})", file=sys.stderr)
     print(f"llmcal serve: {answerer.model_name} on http://{host}:{args.port}/ "
-          f"({'API key required' if api_key else 'no API key'})", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+          f"({'API key required' if api_key else 'no API key'}; POST /admin/reload or SIGHUP reloads the "
+          "calibration)", flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, workers=1)
+    finally:
+        close_log()  # what the recorder still holds is written before the process ends
     return 0
 
 

@@ -12,12 +12,34 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+def calibrated_runs(root: Path = Path("runs")) -> list[Path]:
+    """The run folders under ``root`` that hold a ``calibration.json``, newest first."""
+    found = sorted(root.glob("*/calibration.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [p.parent for p in found]
+
+
 def latest_run(root: Path = Path("runs")) -> Path:
     """The newest calibrated run folder under ``root``."""
-    found = sorted(root.glob("*/calibration.json"), key=lambda p: p.stat().st_mtime)
+    found = calibrated_runs(root)
     if not found:
         raise FileNotFoundError(f"no calibrated run under {root}/; run `llmcal run` first or pass --run")
-    return found[-1].parent
+    return found[0]
+
+
+def choose_run(root: Path = Path("runs")) -> Path:
+    """The run to use when the command line names none: the only calibrated run under ``root``.
+
+    Several are refused rather than the newest taken silently: an old run's threshold (or another
+    model's calibration) would apply without a word.  None is a ``FileNotFoundError``.
+    """
+    found = calibrated_runs(root)
+    if not found:
+        raise FileNotFoundError(f"no calibrated run under {root}/; run `llmcal run` first or pass --run")
+    if len(found) > 1:
+        names = ", ".join(str(p) for p in found[:5]) + (", ..." if len(found) > 5 else "")
+        raise ValueError(f"{root}/ holds {len(found)} calibrated runs ({names}; newest first): choose one with "
+                         "--run DIR")
+    return found[0]
 
 
 def ask_mc(question: str, choices: Sequence[str], run_dir: str | Path, threshold: float | None = None,

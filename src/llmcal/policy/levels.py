@@ -82,7 +82,9 @@ def decide(
     if level == "high":
         sentence = "I'm very sure about this."
     elif level == "medium":
-        listed = ", ".join([answer] + [a["text"] for a in alternatives])
+        # a free answer often ends with its own full stop ("The capital of Italy is Rome."): listed, it loses
+        # it, so the sentence ends with one period, not "Rome.."
+        listed = ", ".join(t.strip().rstrip(".").rstrip() for t in [answer] + [a["text"] for a in alternatives])
         sentence = f"I'm unsure \u2014 here are a few possibilities: {listed}."
     else:
         sentence = "I can't answer this safely."

@@ -1,11 +1,21 @@
 """The HTTP layer: ``create_app(answerer, ...)`` -> a FastAPI app.
 
 =========================  ==============================================================
-``POST /v1/chat/completions``  OpenAI's chat.completion, plus a ``confidence`` object
-``POST /v1/ask``               ``{question, choices?}`` -> ``{answer, confidence, ...}``
+``POST /v1/chat/completions``  OpenAI's chat.completion (or, with ``stream``, its SSE chunks),
+                               plus a ``confidence`` object; ``n``, ``logprobs``
+``GET /v1/models``             the one model served, as OpenAI lists models
+``POST /v1/ask``               ``{question, choices?}`` -> ``{id, answer, confidence, ...}``
+``POST /admin/reload``         re-read the run's calibration and serve it (hot reload; also SIGHUP)
 ``GET /health``                model, calibration, queue; no key needed (no paths, no URLs)
 ``GET /``                      the web page (``page.html``, self-contained)
 =========================  ==============================================================
+
+OpenAI compatibility: the model's answer is always the message ``content``; whether the policy
+abstains is in the ``confidence`` object (``abstained``), so a client that ignores it still gets
+the answer.  ``policy: "refuse"`` (per request, or the server's default) replaces the content of
+an abstained answer with the safe refusal.  ``confidence_threshold`` sets one request's abstain
+threshold.  After every answer ``on_answer`` gets an :class:`~llmcal.serve.events.AnswerEvent`
+(one per choice), and ``extra_routers`` (the answer log's feedback and dashboard) are mounted.
 
 Errors use OpenAI's shape, ``{"error": {"message", "type", "code"}}``: 400 for what the
 model cannot do with a well-formed request, 502 when an upstream server fails or answers
@@ -36,10 +46,13 @@ confidence;dur=...``.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
+import json
 import logging
 import math
 import re
+import signal
 import time
 import uuid
 from collections import deque
@@ -51,19 +64,27 @@ from typing import Annotated, Any, Literal, Union
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from starlette.datastructures import Headers, MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmcal.backends.openai.retry import APIError
 from llmcal.serve.answerer import MAX_OPTIONS, DeadlineExceeded, Query, Reply
+from llmcal.serve.events import AnswerEvent
 
 log = logging.getLogger("llmcal.serve")
 
 PAGE = Path(__file__).with_name("page.html")
 MAX_NEW_TOKENS = 512
 MAX_SAMPLES = 16
+#: Most choices one chat completion may ask for (``n``).
+MAX_CHOICES = 8
+#: Most alternatives per token with ``logprobs`` (OpenAI's limit).
+MAX_TOP_LOGPROBS = 20
+#: What an abstained answer's content is: ``answer`` = the model's answer (OpenAI-compatible; the
+#: confidence object says it abstained), ``refuse`` = the safe refusal.
+POLICIES = ("answer", "refuse")
 #: ``seed`` is a 32-bit unsigned number less the samples that follow it (sample ``s`` uses ``seed + s``).
 MAX_SEED = 2**32 - 1 - (MAX_SAMPLES + 1)
 #: Seconds a request may take from its arrival (waiting for the worker included) before it is answered 504.
@@ -127,14 +148,27 @@ class _Common(BaseModel):
                          description="llmcal: free form only, this many extra sampled answers become the "
                                      "alternatives (distinct answers with their frequency)")
     confidence: bool = Field(True, description="llmcal: false = the plain answer, no confidence object")
+    confidence_threshold: float | None = Field(None, ge=0.0, le=1.0,
+                                               description="llmcal: abstain below this (default: the server's)")
+    policy: Literal["answer", "refuse"] | None = Field(
+        None, description="llmcal: what an abstained answer's content is: the model's answer (answer) or the "
+                          "safe refusal (refuse); default: the server's --policy")
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
 
 
 class ChatRequest(_Common):
     model: str | None = None
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1, le=MAX_NEW_TOKENS)
-    n: int = Field(1, ge=1, le=1)
-    stream: Literal[False] = False
+    n: int = Field(1, ge=1, le=MAX_CHOICES)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     options: list[NonBlank] | None = Field(None, min_length=2, max_length=MAX_OPTIONS,
                                       description="llmcal: multiple choice; the question is the last user "
                                                   "message and the answer is one of these")
@@ -187,8 +221,8 @@ def _host_name(host: str) -> str:
 
 class _Guard:
     """ASGI middleware (pure, so that ``request.is_disconnected()`` sees the real connection):
-    the security headers on every response, the ``Host`` check, and on ``/v1/*`` the API key and
-    the ``Content-Length`` limit, all before the body is read."""
+    the security headers on every response, the ``Host`` check, and on ``/v1/*`` and ``/admin/*`` the
+    API key and the ``Content-Length`` limit, all before the body is read."""
 
     def __init__(self, app, key: bytes | None, max_body: int, allowed_hosts: tuple[str, ...] | None) -> None:
         self.app = app
@@ -226,7 +260,7 @@ class _Guard:
                 refusal = _error(400, f"Host {host or '(none)'!r} is not served here (allowed: "
                                       f"{', '.join(self.allowed_hosts)}; llmcal serve --allowed_hosts)",
                                  "invalid_request_error", "host_not_allowed")
-        if refusal is None and path.startswith("/v1/"):
+        if refusal is None and path.startswith(("/v1/", "/admin/")):
             if not self.authorized(headers):
                 refusal = _error(401, "missing or wrong API key (send 'Authorization: Bearer KEY')",
                                  "invalid_request_error", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
@@ -413,22 +447,57 @@ def _scrub(obj: Any) -> Any:
 # ------------------------------------------------------------------ the app
 def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 8000, max_queue: int = 8,
                max_body_bytes: int | None = None, request_timeout: float | None = REQUEST_TIMEOUT,
-               allowed_hosts: Iterable[str] | None = None, poll_s: float = 0.05) -> FastAPI:
+               allowed_hosts: Iterable[str] | None = None, poll_s: float = 0.05, policy: str = "answer",
+               on_answer: Callable[[AnswerEvent], None] | None = None, extra_routers: Iterable[Any] = (),
+               reload_on_sighup: bool = False) -> FastAPI:
     """The FastAPI app around ``answerer`` (anything with ``answer(Query) -> Reply``, ``model_name``,
-    ``describe()``).  ``api_key``: required on ``/v1/*`` when given (an empty one is refused).
+    ``describe()``, ``thresholds``, and ``reload() -> version`` for ``/admin/reload``).  ``api_key``:
+    required on ``/v1/*`` and ``/admin/*`` when given (an empty one is refused).
     ``max_prompt_chars``: the question (all messages) and options together.  ``max_queue``: requests
     allowed to wait.  ``request_timeout``: seconds from arrival to answer (504 after; None = no
-    deadline).  ``allowed_hosts``: the ``Host`` names served (None or ``"*"``: any)."""
+    deadline).  ``allowed_hosts``: the ``Host`` names served (None or ``"*"``: any).  ``policy``: the
+    default for requests that name none (:data:`POLICIES`).  ``on_answer``: called with one
+    :class:`AnswerEvent` per answer (its failure is logged, never the client's).  ``extra_routers``:
+    FastAPI ``APIRouter``s to include.  ``reload_on_sighup``: SIGHUP = ``POST /admin/reload``."""
     if api_key is not None and not str(api_key).strip():
         raise ValueError("the API key is empty: give a key, or none to serve without one")
     if request_timeout is not None and not request_timeout > 0:
         raise ValueError(f"request_timeout must be > 0 seconds (or None), got {request_timeout}")
+    if policy not in POLICIES:
+        raise ValueError(f"policy: {policy!r} is not one of {', '.join(POLICIES)}")
     queue = ModelQueue(max_queue, poll_s=poll_s)
+    started = int(time.time())
+
+    async def reload_calibration() -> dict[str, str]:
+        """``answerer.reload()`` off the event loop and off the model worker: answers keep flowing."""
+        before = answerer.describe().get("calibration_version")
+        version = await asyncio.to_thread(answerer.reload)
+        log.info("llmcal serve: calibration reloaded: %s -> %s", before, version)
+        return {"calibration_version": version, "previous": before}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
-        yield
-        queue.executor.shutdown(wait=False, cancel_futures=True)
+        loop = asyncio.get_running_loop()
+        reloads: set[asyncio.Task] = set()
+        hup = getattr(signal, "SIGHUP", None)
+        if reload_on_sighup and hup is not None:
+            def on_hup() -> None:
+                async def go() -> None:
+                    try:
+                        await reload_calibration()
+                    except Exception as err:  # noqa: BLE001 - a failed reload keeps the old calibration
+                        log.error("llmcal serve: SIGHUP reload failed, the old calibration stays: %s", err)
+                task = loop.create_task(go())
+                reloads.add(task)  # held until done (the loop keeps only a weak reference)
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(hup, on_hup)
+        try:
+            yield
+        finally:
+            if reload_on_sighup and hup is not None:
+                loop.remove_signal_handler(hup)
+            queue.executor.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPI(title="llmcal", description="A language model with calibrated, presentable confidence.",
                   version="1", lifespan=lifespan)
@@ -440,6 +509,8 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
     guard = _Guard(None, key, max_body, hosts)  # for authorized()
     app.state.queue = queue
     app.state.answerer = answerer
+    for router in extra_routers:
+        app.include_router(router)
 
     @app.exception_handler(_Refused)
     async def refused(_request: Request, exc: _Refused):
@@ -478,9 +549,20 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
                                     f"request timeout; {what}); retry later or ask for less", "timeout",
                                "request_timeout", headers={"Retry-After": str(queue.retry_after())}))
 
-    async def run(q: Query, request: Request) -> tuple[Reply, dict[str, str]]:
+    def answer_all(queries: list[Query]) -> list[Reply]:
+        """On the model worker: one reply per query; a deterministic request (multiple choice, or greedy)
+        gets the same answer for every choice, so the model runs once."""
+        first = answerer.answer(queries[0])
+        if queries[0].options is not None or queries[0].temperature == 0:
+            return [first] * len(queries)
+        return [first] + [answerer.answer(q) for q in queries[1:]]
+
+    async def run(q: Query, request: Request, n: int = 1) -> tuple[list[Reply], dict[str, str]]:
+        """``n`` answers to ``q`` (choice ``i`` samples with seed ``seed + 17 i``) through the queue."""
+        queries = [q] + [dataclasses.replace(q, seed=(q.seed + i * (MAX_SAMPLES + 1)) % (MAX_SEED + 1))
+                         for i in range(1, n)]
         try:
-            reply = await queue.run(answerer.answer, q, deadline=q.deadline, gone=request.is_disconnected)
+            replies = await queue.run(answer_all, queries, deadline=q.deadline, gone=request.is_disconnected)
         except (_Late, _Gone) as err:
             q.cancelled.set()  # a model call still running makes no further ones for this request
             if isinstance(err, _Gone):
@@ -499,11 +581,36 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
             log.exception("llmcal serve: the model failed on a request")
             raise _Refused(_error(500, f"the model failed on this request ({type(err).__name__}); see the server "
                                        "log", "server_error", "internal_error")) from None
-        timing = ", ".join(f"{k};dur={v}" for k, v in reply.timing_ms.items())
-        return reply, ({"Server-Timing": timing} if timing else {})
+        timing = ", ".join(f"{k};dur={v}" for k, v in replies[0].timing_ms.items())
+        return replies, ({"Server-Timing": timing} if timing else {})
 
     def public_name() -> str:
         return _public(answerer.model_name)
+
+    def confidence_of(reply: Reply, event_id: str) -> dict[str, Any] | None:
+        conf = reply.confidence_dict()
+        return None if conf is None else {"id": event_id, **conf}
+
+    def tell(q: Query, reply: Reply, event_id: str, t0: float) -> None:
+        """``on_answer`` with this answer's event; a listener's failure is logged, never the client's."""
+        if on_answer is None:
+            return
+        d = reply.decision
+        thresholds = reply.thresholds or q.thresholds_for(answerer.thresholds)
+        try:
+            on_answer(AnswerEvent(
+                id=event_id, created=time.time(), question=q.question, answer=reply.model_answer,
+                confidence=None if d is None else float(d.score), level="" if d is None else d.level,
+                abstained=reply.abstained, threshold=float(thresholds.abstain), signals=reply.signals,
+                calibration_version=reply.calibration_version, model_fingerprint=reply.model_fingerprint,
+                latency_ms=round(1000.0 * (time.perf_counter() - t0), 3), run=reply.run))
+        except Exception:  # noqa: BLE001 - the answer log must never fail an answer
+            log.exception("llmcal serve: on_answer failed for %s (the client got its answer)", event_id)
+
+    def query(body: _Common, question: str, options: list[str] | None, max_tokens: int, **extra: Any) -> Query:
+        return Query(question=question, options=options, max_tokens=max_tokens, temperature=body.temperature,
+                     samples=body.samples, seed=body.seed, confidence=body.confidence, deadline=deadline(),
+                     threshold=body.confidence_threshold, **extra)
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def page():
@@ -515,52 +622,127 @@ def create_app(answerer, api_key: str | None = None, max_prompt_chars: int = 800
         full = key is not None and guard.authorized(request.headers)
         calibration = answerer.describe()
         return {"status": "ok", "model": answerer.model_name if full else public_name(), "auth": key is not None,
-                "queue": queue.stats(),
+                "policy": policy, "queue": queue.stats(),
                 "limits": {"max_prompt_chars": max_prompt_chars, "max_tokens": MAX_NEW_TOKENS,
-                           "max_options": MAX_OPTIONS, "max_samples": MAX_SAMPLES,
+                           "max_options": MAX_OPTIONS, "max_samples": MAX_SAMPLES, "max_choices": MAX_CHOICES,
                            "request_timeout_s": request_timeout},
                 "calibration": calibration if full else _scrub(calibration)}
 
+    @app.get("/v1/models")
+    async def models():
+        """OpenAI's model list: the one model served."""
+        return {"object": "list", "data": [{"id": public_name(), "object": "model", "created": started,
+                                            "owned_by": "llmcal"}]}
+
+    @app.post("/admin/reload")
+    async def reload():
+        """Re-read the run folder's calibration and serve it from the next answer on (no request is dropped)."""
+        try:
+            return await reload_calibration()
+        except (ValueError, OSError) as err:
+            return _error(400, f"reload failed, the old calibration stays in use: {err}", "invalid_request_error",
+                          "reload_failed")
+
     @app.post("/v1/chat/completions")
     async def chat_completions(body: ChatRequest, request: Request):
+        t0 = time.perf_counter()
         texts = [m.text() for m in body.messages]
         check_size(texts + list(body.options or []))
         users = [t for m, t in zip(body.messages, texts) if m.role == "user"]
         if not users or not users[-1].strip():
             return _error(422, "messages: need a user message with text", "invalid_request_error", "invalid_body")
-        q = Query(question=users[-1], options=body.options,
+        if body.top_logprobs and not body.logprobs:
+            return _error(422, "top_logprobs: needs logprobs: true", "invalid_request_error", "invalid_body")
+        q = query(body, users[-1], body.options, body.max_completion_tokens or body.max_tokens or 64,
                   messages=[{"role": m.role, "content": t} for m, t in zip(body.messages, texts)],
-                  max_tokens=body.max_completion_tokens or body.max_tokens or 64, temperature=body.temperature,
-                  samples=body.samples, seed=body.seed, confidence=body.confidence, deadline=deadline())
-        reply, headers = await run(q, request)
-        out: dict[str, Any] = {
-            "id": f"chatcmpl-{uuid.uuid4().hex}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": public_name(),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": reply.content()},
-                         "logprobs": None, "finish_reason": reply.finish_reason}],
-            "usage": {"prompt_tokens": reply.prompt_tokens, "completion_tokens": reply.completion_tokens,
-                      "total_tokens": reply.prompt_tokens + reply.completion_tokens},
-        }
-        conf = reply.confidence_dict()
-        if conf is not None:
-            out["confidence"] = conf
-        return _respond(out, headers)
+                  logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
+        replies, headers = await run(q, request, body.n)
+        refuse = (body.policy or policy) == "refuse"
+        cid = f"chatcmpl-{uuid.uuid4().hex}"
+        ids = [cid] + [f"{cid}-{i}" for i in range(1, len(replies))]
+        created = int(time.time())
+        choices = []
+        for i, (reply, event_id) in enumerate(zip(replies, ids)):
+            choice: dict[str, Any] = {
+                "index": i, "message": {"role": "assistant", "content": reply.content(refuse)},
+                "logprobs": None if reply.logprobs is None else {"content": reply.logprobs, "refusal": None},
+                "finish_reason": reply.finish_reason}
+            conf = confidence_of(reply, event_id)
+            if conf is not None:
+                choice["confidence"] = conf
+            choices.append(choice)
+        prompt_tokens = replies[0].prompt_tokens
+        completion_tokens = sum(r.completion_tokens for r in replies)
+        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                 "total_tokens": prompt_tokens + completion_tokens}
+        head = {"id": cid, "created": created, "model": public_name()}
+        if body.stream:
+            include_usage = body.stream_options is not None and body.stream_options.include_usage
+            response = _stream(head, choices, usage if include_usage else None, headers)
+        else:
+            out: dict[str, Any] = {**head, "object": "chat.completion", "choices": choices, "usage": usage}
+            if "confidence" in choices[0]:
+                out["confidence"] = choices[0]["confidence"]  # choice 0's, where n = 1 clients look
+            response = _respond(out, headers)
+        if response.status_code == 200:
+            for reply, event_id in zip(replies, ids):
+                tell(q, reply, event_id, t0)
+        return response
 
     @app.post("/v1/ask")
     async def ask(body: AskRequest, request: Request):
+        t0 = time.perf_counter()
         check_size([body.question] + list(body.choices or []))
-        q = Query(question=body.question, options=body.choices, max_tokens=body.max_tokens or 64,
-                  temperature=body.temperature, samples=body.samples, seed=body.seed, confidence=body.confidence,
-                  deadline=deadline())
-        reply, headers = await run(q, request)
-        out = {"question": body.question, "choices": body.choices, "answer": reply.content(),
-               "model_answer": reply.model_answer, "model": public_name(),
-               "confidence": reply.confidence_dict()}
-        return _respond(out, headers)
+        q = query(body, body.question, body.choices, body.max_tokens or 64)
+        (reply,), headers = await run(q, request)
+        event_id = f"chatcmpl-{uuid.uuid4().hex}"
+        out = {"id": event_id, "question": body.question, "choices": body.choices,
+               "answer": reply.content((body.policy or policy) == "refuse"), "model_answer": reply.model_answer,
+               "model": public_name(), "confidence": confidence_of(reply, event_id)}
+        response = _respond(out, headers)
+        if response.status_code == 200:
+            tell(q, reply, event_id, t0)
+        return response
 
     return app
+
+
+def _stream(head: dict[str, Any], choices: list[dict[str, Any]], usage: dict[str, int] | None,
+            headers: dict[str, str]) -> StreamingResponse | JSONResponse:
+    """The answer as OpenAI's ``chat.completion.chunk`` server-sent events: for each choice its role, its
+    content (with its ``logprobs``) and a last chunk with the ``finish_reason`` and the ``confidence``
+    object (there and at the chunk's top level); then the usage (``stream_options.include_usage``) and
+    ``data: [DONE]``.  The answer is complete before the first chunk (its confidence needs all of it),
+    so an error is still an ordinary JSON error, and a chunk that cannot be encoded is a 500 before
+    anything is sent."""
+    def chunk(choice: dict[str, Any] | None, **extra: Any) -> str:
+        body = {**head, "object": "chat.completion.chunk", "choices": [] if choice is None else [choice], **extra}
+        return f"data: {json.dumps(body, allow_nan=False)}\n\n"
+
+    try:
+        events = []
+        for c in choices:
+            i = c["index"]
+            events.append(chunk({"index": i, "delta": {"role": "assistant", "content": ""}, "logprobs": None,
+                                 "finish_reason": None}))
+            events.append(chunk({"index": i, "delta": {"content": c["message"]["content"]}, "logprobs": c["logprobs"],
+                                 "finish_reason": None}))
+            last = {"index": i, "delta": {}, "logprobs": None, "finish_reason": c["finish_reason"]}
+            conf = {"confidence": c["confidence"]} if "confidence" in c else {}
+            events.append(chunk({**last, **conf}, **conf))
+        if usage is not None:
+            events.append(chunk(None, usage=usage))
+    except (TypeError, ValueError) as err:
+        log.error("llmcal serve: a streamed answer could not be encoded: %s", err)
+        return _error(500, f"the answer could not be encoded as JSON ({err})", "server_error", "internal_error")
+    events.append("data: [DONE]\n\n")
+
+    async def send():
+        for event in events:
+            yield event
+
+    return StreamingResponse(send(), media_type="text/event-stream",
+                             headers={**headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
 def _respond(out: dict[str, Any], headers: dict[str, str]) -> JSONResponse:

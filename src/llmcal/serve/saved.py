@@ -16,10 +16,15 @@ policy needs, exactly as ``llmcal ask`` does:
   ``generation`` entry) on its signal, else that signal raw (default
   ``mean_token_prob``, the geometric-mean token probability), with
   ``calibrator = "none"`` and ``calibrated = False``.
+
+``version`` names the calibration by its bytes (:func:`~llmcal.serve.events.calibration_version`:
+the first 12 hex digits of the SHA-256 of ``calibration.json``), so every answer says which file
+scored it, across hot reloads (``"none"`` without one).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -28,6 +33,7 @@ import numpy as np
 
 from llmcal.calibrators.calibration import GENERATION_SIGNAL, LOGIT_SIGNAL, Calibration, CalibrationSet
 from llmcal.policy import Thresholds
+from llmcal.serve.events import UNCALIBRATED, calibration_version
 
 
 @dataclass
@@ -40,20 +46,29 @@ class Confidence:
     calibrator: str  # temperature, platt, ..., or "none"
     calibrated: bool
     probs: np.ndarray | None = field(default=None, repr=False)  # (k,) option probabilities (multiple choice)
+    signals: dict[str, float] = field(default_factory=dict)  # every raw signal of the answer (for the answer log)
+    # whether the question looks like the calibration data (the probe's shift score); None: no score saved
+    in_distribution: bool | None = None
 
 
 class SavedCalibration:
     """What a run saved for presenting confidence; ``SavedCalibration.none()`` when there is no run.
 
     ``calibrations``: a :class:`CalibrationSet`, or a ``calibration.json`` dict of either layout.
+    ``version``: the file's :func:`~llmcal.serve.events.calibration_version` (``from_run`` computes
+    it); without one, that of the set's canonical JSON, or ``"none"`` when there is no calibration.
     """
 
     def __init__(self, calibrations: CalibrationSet | Mapping[str, Any] | None = None, path: Path | None = None,
-                 probe=None) -> None:
+                 probe=None, version: str | None = None) -> None:
         if isinstance(calibrations, CalibrationSet):
             cset = calibrations
         else:
             cset = CalibrationSet.from_dict(dict(calibrations or {}), where=str(path or "calibration.json"))
+        if version is None:
+            version = (UNCALIBRATED if cset.primary is None and cset.generation is None
+                       else calibration_version(json.dumps(cset.to_dict(), sort_keys=True).encode()))
+        self.version: str = version
         self.calibrations = cset
         self.path = path
         primary = cset.primary
@@ -84,14 +99,20 @@ class SavedCalibration:
         cal_path = path / "calibration.json"
         if not cal_path.exists():
             raise FileNotFoundError(f"{cal_path}: not found; run `llmcal run` first (or serve without --run)")
-        cset = CalibrationSet.load(cal_path)
+        for _ in range(5):  # the version must name the bytes that were read: a writer may replace the file meanwhile
+            data = cal_path.read_bytes()
+            cset = CalibrationSet.load(cal_path)
+            if cal_path.read_bytes() == data:
+                break
+        else:
+            raise OSError(f"{cal_path}: changed on every read; try again once its writer is done")
         probe = None
         if use_probe and (path / "probe.json").exists():
             from llmcal.probe.artifact import ProbeArtifact
 
             art = ProbeArtifact.load(path / "probe.json")
             probe = art if art.combiner is not None else None
-        return cls(cset, path, probe)
+        return cls(cset, path, probe, version=calibration_version(data))
 
     def thresholds(self, high: float | None = None, abstain: float | None = None) -> Thresholds:
         return Thresholds(high=0.90 if high is None else high, abstain=self.threshold if abstain is None else abstain)
@@ -99,6 +120,7 @@ class SavedCalibration:
     def describe(self) -> dict[str, Any]:
         return {
             "run": self.path.name if self.path else None,  # the folder's name only: /health is open
+            "calibration_version": self.version,
             "multiple_choice": {"signal": "combined" if self.probe else self.mc_calibration.signal,
                                 "calibrator": self._mc_calibrator_name()},
             "free_form": {"signal": self.gen_signal, "calibrator": self.gen_calibration.calibrator},
@@ -125,11 +147,16 @@ class SavedCalibration:
         pred, signals = mc_signals(ll, n_tokens)
         cal = self.mc_calibration
         raw = float(signals[cal.signal])
-        score, probs = cal.score(signals, ll)
+        score, probs = cal.score(signals, ll, n_tokens)  # temperature_norm needs the token counts
+        in_dist = None
+        if self.probe is not None and hidden is not None:
+            in_dist = self.probe.in_distribution(hidden, kept_positions=positions)
         if self.probe is not None and sample is not None and hidden is not None:
             combined = self.probe.predict_one(sample, hidden, kept_positions=positions)["combined"]
-            return pred, Confidence(float(combined), raw, "combined", self._mc_calibrator_name(), True, probs)
-        return pred, Confidence(float(score), raw, cal.signal, cal.calibrator, cal.is_fitted, probs)
+            return pred, Confidence(float(combined), raw, "combined", self._mc_calibrator_name(), True, probs,
+                                    {**signals, "combined": float(combined)}, in_dist)
+        return pred, Confidence(float(score), raw, cal.signal, cal.calibrator, cal.is_fitted, probs, dict(signals),
+                                in_dist)
 
     def generation(self, signals: dict[str, float]) -> Confidence:
         """A free-form answer's confidence from its token signals (``signals.generation.token_signals``)."""
@@ -139,4 +166,4 @@ class SavedCalibration:
                              f"(it has {', '.join(sorted(signals)) or 'none'})")
         raw = float(signals[cal.signal])
         score, _ = cal.score(signals)
-        return Confidence(float(score), raw, cal.signal, cal.calibrator, cal.is_fitted)
+        return Confidence(float(score), raw, cal.signal, cal.calibrator, cal.is_fitted, signals=dict(signals))
