@@ -24,7 +24,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 
 
-def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int) -> dict:
+def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int, matmul: str = "auto") -> dict:
     from llmcal.backends.registry import load_backend
     from llmcal.tasks.prompts import build_request, normalization_lengths
     from llmcal.tasks.registry import load_task
@@ -33,7 +33,9 @@ def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int) -> dict:
     split = "dev" if data.stem.endswith("_dev") else "test"
     name = ("arc_challenge" if "challenge" in data.name else "arc_easy") + f":{split}"
     items = load_task(name, data_dir=data.parent, limit=limit)
-    backend = load_backend("hf", dtype=dtype, max_tokens=max_tokens, hidden_layers=(-1,))
+    backend = load_backend("hf", dtype=dtype, max_tokens=max_tokens, hidden_layers=(-1,), matmul=matmul)
+    chosen = backend.describe()["matmul"]
+    print(f"llmcal {dtype} matmul={matmul}: {chosen}", flush=True)
     requests = [build_request(it, "cloze") for it in items]
     backend.score_mc(requests[:8])  # warm-up
     start = time.perf_counter()
@@ -44,8 +46,9 @@ def run_llmcal(data: Path, limit: int, dtype: str, max_tokens: int) -> dict:
         np.argmax(s.logprobs / np.asarray(normalization_lengths(it, "cloze"))) == it.answer
         for s, it in zip(scores, items)
     ]))
-    return {"tool": "llmcal", "dtype": dtype, "n": len(items), "acc": acc, "acc_norm": acc_norm,
-            "seconds": seconds, "items_per_s": len(items) / seconds}
+    tool = "llmcal" if matmul == "auto" else f"llmcal {matmul}"
+    return {"tool": f"{tool} ({chosen['matmul']})", "dtype": dtype, "n": len(items), "acc": acc,
+            "acc_norm": acc_norm, "seconds": seconds, "items_per_s": len(items) / seconds}
 
 
 def run_peer(python: str, data: Path, limit: int, batch_size: int) -> dict:
@@ -73,19 +76,23 @@ def main() -> int:
     rows = []
     if not args.skip_peer:
         rows.append(run_peer(args.peer_python, args.data, args.limit, args.peer_batch_size))
+    print(f"load average {open('/proc/loadavg').read().split()[:3]}", flush=True)
     rows.append(run_llmcal(args.data, args.limit, "float32", args.max_tokens))
+    # the same fp32 scoring on torch's default matmul, in the same run: what the oneDNN probe bought
+    rows.append(run_llmcal(args.data, args.limit, "float32", args.max_tokens, matmul="default"))
     rows.append(run_llmcal(args.data, args.limit, "bfloat16", args.max_tokens))
     base = rows[0]["items_per_s"]
-    print(f"{'tool':<16}{'dtype':<10}{'n':>5}{'acc':>9}{'acc_norm':>10}{'seconds':>9}{'items/s':>9}{'ratio':>7}")
+    print(f"{'tool':<30}{'dtype':<10}{'n':>5}{'acc':>9}{'acc_norm':>10}{'seconds':>9}{'items/s':>9}{'ratio':>7}")
     for r in rows:
-        print(f"{r['tool']:<16}{r['dtype']:<10}{r['n']:>5}{r['acc']:>9.4f}{r['acc_norm']:>10.4f}"
+        print(f"{r['tool']:<30}{r['dtype']:<10}{r['n']:>5}{r['acc']:>9.4f}{r['acc_norm']:>10.4f}"
               f"{r['seconds']:>9.1f}{r['items_per_s']:>9.2f}{r['items_per_s'] / base:>6.1f}x")
     if not args.skip_peer:
         peer, ours = rows[0], rows[1]
         same = round(peer["acc"], 6) == round(ours["acc"], 6) and round(peer["acc_norm"], 6) == round(ours["acc_norm"], 6)
         print(f"fp32 accuracy identical to lm-eval: {same}")
-        bf = rows[2]
+        bf = rows[3]
         print(f"bf16 - fp32 accuracy: {100 * (bf['acc'] - ours['acc']):+.2f} points")
+        print(f"load average at the end {open('/proc/loadavg').read().split()[:3]}")
         return 0 if same else 1
     return 0
 

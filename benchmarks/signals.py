@@ -1,7 +1,9 @@
 """Free-form confidence signals: what each costs, and llmcal against LM-Polygraph 0.7 on the same questions.
 
-    .bench-venv-polygraph/bin/python benchmarks/signals.py --tasks builtin_open,nq_open --limit 32
-    (the venv from benchmarks/setup_polygraph_env.sh; in the project's .venv the side-by-side is skipped)
+    taskset -c 0 .bench-venv-polygraph/bin/python benchmarks/signals.py --tasks builtin_open,nq_open --limit 24 \
+        --threads 1
+    (the venv from benchmarks/setup_polygraph_env.sh; in the project's .venv the side-by-side is skipped;
+    both tools run in this one process, so they are pinned the same way; the load average is printed)
 
 Part 1, **cost of each signal** (llmcal alone): the questions are answered greedily as
 ``llmcal run`` does (chat template, stop at a newline), then every signal family is computed
@@ -256,9 +258,11 @@ def main(argv=None) -> int:
 
     items = load_items(args.tasks, args.data_dir, args.limit)
     print(f"{len(items)} questions ({args.tasks}, {args.limit} each); {args.threads} threads; "
-          f"torch {torch.__version__}", flush=True)
+          f"torch {torch.__version__}; load average {_loadavg()}", flush=True)
     backend = load_backend("hf", dtype="float32")
-    out: dict = {"n": len(items), "tasks": args.tasks, "threads": args.threads}
+    out: dict = {"n": len(items), "tasks": args.tasks, "threads": args.threads, "loadavg_start": _loadavg(),
+                 "matmul": backend.describe().get("matmul")}
+    print(f"llmcal fp32 matmul: {out['matmul']}", flush=True)
 
     if "cost" not in skip:
         rows, total = cost_table(backend, items, args.batch_size, args.k_samples)
@@ -296,7 +300,8 @@ def main(argv=None) -> int:
                                           for a, b in zip(ours, rows16) if a["text"] == b["text"]),
                 "max_d_ptrue": max(abs(a["ptrue"] - b["ptrue"]) for a, b in zip(ours, rows16) if a["text"] == b["text"]),
                 "rows": rows16}
-    eager = load_backend("hf", dtype="float32", attn_implementation="eager")
+    # the peer runs torch's default fp32 matmul: oneDNN linear layers are llmcal's (backends/fast_linear)
+    eager = load_backend("hf", dtype="float32", attn_implementation="eager", matmul="default")
     eager.tokenizer.padding_side = "left"
     eos = set(end_token_ids(backend))
     variants = [("default", False)] + ([] if "lean" in skip else [("lean", True)])
@@ -370,7 +375,16 @@ def main(argv=None) -> int:
     return _finish(out, args, 0 if ok else 1)
 
 
+def _loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"
+
+
 def _finish(out: dict, args, code: int) -> int:
+    out["loadavg_end"] = _loadavg()
+    print(f"load average at the end: {out['loadavg_end']}")
     if args.json:
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return code

