@@ -34,7 +34,8 @@ from llmcal.core.items import OpenItem
 from llmcal.tasks import prompts
 from llmcal.tasks.prompts import render, user_message
 
-FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement")
+FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement", "sampled", "pmi", "sar")
+SAMPLE_FAMILIES = ("agreement", "sampled", "sar")  # the families that read the k sampled answers (helper E)
 DEFAULT_FAMILIES = ("tokens", "ptrue", "verbalized", "agreement")
 
 
@@ -51,12 +52,13 @@ class OpenSettings:
     seed: int = 0
     embedder_dir: str | None = None
     answer_temperature: float = 0.0  # 0 = the greedy answer; > 0 = a sampled one (the temperature sweep)
+    nli_model: str | None = None  # an NLI cross-encoder (hub name or folder) for meaning; None = embeddings
 
     def __post_init__(self) -> None:
         bad = [f for f in self.families if f not in FAMILIES]
         if bad:
             raise ValueError(f"--signals: unknown {bad}; known: {', '.join(FAMILIES)}")
-        if "agreement" in self.families and self.k_samples < 2:
+        if set(SAMPLE_FAMILIES) & set(self.families) and self.k_samples < 2:
             raise ValueError(f"--k_samples: agreement needs at least 2 samples, got {self.k_samples}")
         if self.sample_temperature <= 0:
             raise ValueError(f"--sample_temperature must be > 0, got {self.sample_temperature}")
@@ -64,7 +66,10 @@ class OpenSettings:
             raise ValueError(f"answer temperature must be >= 0, got {self.answer_temperature}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "families": list(self.families)}
+        out = {**asdict(self), "families": list(self.families)}
+        if out["nli_model"] is None:  # absent unless given: a run folder written before it existed still resumes
+            del out["nli_model"]
+        return out
 
 
 def chat_template_of(backend, chat: bool):
@@ -122,19 +127,24 @@ def measure_open(
         return 0
     backend = backend_factory()
     embedder = None
-    if "agreement" in settings.families:
+    if set(SAMPLE_FAMILIES) & set(settings.families):
         if embedder_factory is None:
             from llmcal.backends.embedder import Embedder
 
             embedder = Embedder(settings.embedder_dir)
         else:
             embedder = embedder_factory()
+    nli = None
+    if settings.nli_model:  # meaning by bidirectional entailment instead of embeddings (helper E)
+        from llmcal.backends.nli import NLIModel
+
+        nli = NLIModel(settings.nli_model)
     bar = _progress(progress, total=len(items), done=len(done), label="answering")
     try:
         for start in range(0, len(todo), chunk):
             batch = todo[start: start + chunk]
             # one call per stop/length group keeps batches homogeneous (GSM8K reasons at length)
-            records = answer_batch(backend, batch, settings, embedder, seed=settings.seed + start)
+            records = answer_batch(backend, batch, settings, embedder, seed=settings.seed + start, nli=nli)
             run.append(records, None)
             bar.advance(len(batch))
     finally:
@@ -143,7 +153,7 @@ def measure_open(
 
 
 def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=None,
-                 seed: int = 0) -> list[Sample]:
+                 seed: int = 0, nli=None) -> list[Sample]:
     """Every record for one batch of items (see the module docstring), validated as Samples."""
     from llmcal.pipeline.measure import item_hash
     from llmcal.signals.generation import token_signals
@@ -169,7 +179,7 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
         records.append({
             "id": it.id, "task": it.task, "kind": "open", "prompt": prompts[i], "question": it.question,
             "answers": list(it.answers), "grader": it.grader, "prediction_text": g.text,
-            "correct": bool(grade(it.grader, g.text, it.answers, it.incorrect)),
+            "correct": bool(grade(it.grader, g.text, it.answers, it.incorrect, question=it.question)),
             "finish_reason": g.finish_reason, "n_tokens": len(g.token_ids),
             "signals": {}, "missing": [], "meta": it.meta, "cost": cost[i], "item_hash": item_hash(it),
         })
@@ -194,9 +204,13 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
         if family in s.families:
             _verbalized(backend, items, greedy, records, s, family, scale)
 
-    if "agreement" in s.families:
+    if "pmi" in s.families:
+        _pmi(backend, items, greedy, records, s)
+
+    if set(SAMPLE_FAMILIES) & set(s.families):
         t0 = time.perf_counter()
         sampled: list[list[str]] = [[] for _ in items]
+        sampled_gens: list[list[Any]] = [[] for _ in items]
         gen_tokens = [0] * n
         for group in _groups(items):
             gens = backend.generate([prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
@@ -204,13 +218,18 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
                             stop=_stop(items[group[0]]))
             for i, g in zip(group, gens):
                 sampled[i] = [x.text for x in g]
+                sampled_gens[i] = list(g)
                 gen_tokens[i] = sum(len(x.token_ids) for x in g)
         per_gen = (time.perf_counter() - t0) / n
         t1 = time.perf_counter()
-        _agreement(items, greedy, sampled, records, embedder)
+        if "agreement" in s.families:
+            _agreement(items, greedy, sampled, records, embedder, nli)
+        if {"sampled", "sar"} & set(s.families):
+            _sample_estimators(greedy, sampled_gens, records, s, embedder, nli)
         per_embed = (time.perf_counter() - t1) / n
         for i in range(n):
-            cost[i]["agreement"] = {"seconds": per_gen + per_embed, "forward_passes": 0,
+            cost[i]["agreement" if "agreement" in s.families else "sampled"] = {
+                "seconds": per_gen + per_embed, "forward_passes": 0,
                                     "gen_tokens": gen_tokens[i], "samples": s.k_samples}
     return [Sample.from_dict(r, where=f"item {r['id']!r} (task {r['task']})") for r in records]
 
@@ -245,7 +264,7 @@ def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, s
         records[i]["cost"][family] = {"seconds": per, "forward_passes": 0, "gen_tokens": len(g[0].token_ids)}
 
 
-def _agreement(items, greedy, sampled, records, embedder) -> None:
+def _agreement(items, greedy, sampled, records, embedder, nli=None) -> None:
     from llmcal.signals.agreement import cluster_agreement, cluster_answers, semantic_entropy_conf
 
     texts = [[greedy[i].text] + sampled[i] for i in range(len(items))]
@@ -253,7 +272,11 @@ def _agreement(items, greedy, sampled, records, embedder) -> None:
     emb = embedder.encode(flat) if embedder is not None else None
     offset = 0
     for i, ts in enumerate(texts):
-        if emb is not None:
+        if nli is not None:  # bidirectional entailment (Kuhn et al. 2023)
+            from llmcal.signals.similarity import cluster_by_entailment, from_nli
+
+            ids = cluster_by_entailment(from_nli(nli.pair_probs(ts)))
+        elif emb is not None:
             ids = cluster_answers(ts, emb[offset: offset + len(ts)])
         else:  # no embedder: normalized text equality
             keys = {}
@@ -263,3 +286,45 @@ def _agreement(items, greedy, sampled, records, embedder) -> None:
         records[i]["cluster_ids"] = [int(x) for x in ids]
         records[i]["signals"]["agreement"] = cluster_agreement(ids)
         records[i]["signals"]["semantic_entropy"] = semantic_entropy_conf(ids)
+
+
+def _pmi(backend, items, greedy, records, s: OpenSettings) -> None:
+    """PMI (signals/pmi): the answer scored after its prompt and after the prompt without the question."""
+    from llmcal.core.requests import MCRequest
+    from llmcal.signals.pmi import pmi_signal
+    from llmcal.tasks.prompts import plain_prompt
+
+    template = backend.apply_chat_template if s.chat and "chat_template" in backend.capabilities else None
+    reqs = []
+    for it, g in zip(items, greedy):
+        full = [{"role": "user", "content": user_message(it)}]
+        bare = [{"role": "user", "content": user_message(it).replace(it.question.strip(), "")}]
+        for m in (full, bare):
+            reqs.append(MCRequest(template(m) if template else plain_prompt(m), (g.text or " ",)))
+    t0 = time.perf_counter()
+    scores = backend.score_mc(reqs)
+    per = (time.perf_counter() - t0) / len(items)
+    for i, g in enumerate(greedy):
+        full, bare = scores[2 * i], scores[2 * i + 1]
+        records[i]["signals"].update(pmi_signal(full.logprobs[0], bare.logprobs[0], int(full.n_tokens[0])))
+        records[i]["cost"]["pmi"] = {"seconds": per, "forward_passes": 2, "gen_tokens": 0}
+
+
+def _sample_estimators(greedy, sampled_gens, records, s: OpenSettings, embedder, nli) -> None:
+    """The ``sampled`` and ``sar`` families (signals/sampled): numpy over the samples already drawn;
+    meaning from ``nli`` where given, else the embeddings (recorded in ``meaning_from``)."""
+    from llmcal.signals.sampled import sampled_signals, sar_for_answer
+    from llmcal.signals.similarity import from_embeddings, from_nli
+
+    for i, g in enumerate(greedy):
+        texts = [g.text] + [x.text for x in sampled_gens[i]]
+        emb = embedder.encode([t or "(no answer)" for t in texts]) if embedder is not None else None
+        if "sampled" in s.families:
+            sims = from_nli(nli.pair_probs(texts)) if nli is not None else from_embeddings(emb)
+            records[i]["signals"].update(sampled_signals(g.token_logprobs, texts[1:],
+                                                         [x.token_logprobs for x in sampled_gens[i]], sims, emb))
+            records[i]["meaning_from"] = sims.source
+        if "sar" in s.families:
+            got = sar_for_answer(g, sampled_gens[i], embedder.encode)
+            records[i]["signals"].update(got)
+            records[i]["missing"] += [n for n in ("token_sar", "sar") if n not in got]

@@ -23,10 +23,20 @@ from llmcal.signals.spec import KINDS, SignalSpec
 #: Modules whose ``SPECS`` are registered on import, in listing order.
 BUILTIN_MODULES = (
     "llmcal.signals.mc",
+    "llmcal.signals.density",
     "llmcal.signals.generation",
     "llmcal.signals.ptrue",
     "llmcal.signals.verbalized",
     "llmcal.signals.agreement",
+    "llmcal.signals.sequence_entropy",
+    "llmcal.signals.lexical",
+    "llmcal.signals.graph",
+    "llmcal.signals.kle",
+    "llmcal.signals.eigenscore",
+    "llmcal.signals.cocoa",
+    "llmcal.signals.semantic_density",
+    "llmcal.signals.pmi",
+    "llmcal.signals.sar",
 )
 
 #: Every registered signal, by name, in registration order.
@@ -137,6 +147,47 @@ def describe_signals(kind: str | None = None) -> list[dict[str, Any]]:
     return [s.to_dict() for s in SIGNALS.values() if kind is None or s.kind == kind]
 
 
+#: What each input needs, as ``llmcal signals`` words it, and the backend capability that supplies it
+#: (None: supplied outside the model: the sentence embedder, ``--nli_model``).
+NEEDS: dict[str, tuple[str, str | None]] = {
+    "option_logprobs": ("scoring", "score"), "option_token_counts": ("scoring", "score"),
+    "token_logprobs": ("logprobs", "generate"), "token_entropies": ("entropies", "generate"),
+    "top_logprobs": ("top-k logprobs", "generate"), "samples": ("samples", "generate"),
+    "followup_generation": ("follow-up", "generate"), "ptrue_scoring": ("scoring", "score"),
+    "bare_scoring": ("scoring", "score"), "hidden_states": ("hidden states", "hidden_states"),
+    "embeddings": ("embedder", None), "nli_model": ("NLI model (or embeddings)", None),
+}
+
+
+def needs(spec: SignalSpec) -> list[str]:
+    """What a signal needs, in words (logprobs, samples, hidden states, an NLI model ...), deduplicated."""
+    out: list[str] = []
+    for i in spec.inputs:
+        word = NEEDS[i][0]
+        if word not in out:
+            out.append(word)
+    return out
+
+
+def availability(spec: SignalSpec, capabilities: Iterable[str], *, approximate_entropy: bool = False,
+                 nli_model: bool = False) -> str:
+    """Whether a backend with ``capabilities`` can supply ``spec``: ``"yes"``, ``"no: <what is missing>"``,
+    or ``"approx: <why>"`` (an OpenAI-compatible server's entropies are top-k sums; an estimator that
+    reads an NLI model falls back to embeddings without ``--nli_model``)."""
+    caps = set(capabilities)
+    missing = sorted({NEEDS[i][1] for i in spec.inputs if NEEDS[i][1] is not None and NEEDS[i][1] not in caps})
+    if missing:
+        return "no: the backend cannot " + ", ".join(missing).replace("_", " ")
+    notes = []
+    if approximate_entropy and "token_entropies" in spec.inputs:
+        notes.append("entropy from the server's top-k log-probabilities")
+    if approximate_entropy and "top_logprobs" in spec.inputs:
+        notes.append("as many alternatives as the server sends")
+    if "nli_model" in spec.inputs and not nli_model:
+        notes.append("embeddings in place of an NLI model (--nli_model)")
+    return "approx: " + "; ".join(notes) if notes else "yes"
+
+
 def _hint(name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -151,4 +202,5 @@ def _register_builtins() -> None:
 _register_builtins()
 
 __all__ = ["SIGNALS", "BUILTIN_MODULES", "SignalSpec", "register", "unregister", "get_signal", "families",
-           "default_families", "check_families", "signals_for", "check_signal", "describe_signals"]
+           "default_families", "check_families", "signals_for", "check_signal", "describe_signals", "NEEDS",
+           "needs", "availability"]
