@@ -69,6 +69,11 @@ def test_verbal_eval_on_tiny_model():
     assert sum(res["level_share"].values()) == pytest.approx(1.0)
     assert 0.375 <= res["mean_stated"] <= 0.95  # an average of the three level values
     assert 0.0 <= res["verbal_ece"] <= 1.0 and 0.0 <= res["accuracy"] <= 1.0
+    # length-normalized: on a random model every level sentence keeps a real share (summed log-likelihoods gave
+    # the longest one ~0 on every item, so the measure was high-or-low)
+    assert min(res["level_share"].values()) > 0.1
+    lo, hi = res["verbal_ece_ci"]
+    assert lo <= res["verbal_ece"] <= hi
 
 
 def _table(acc: float, stated: float, ece: float, n: int = 400, std: float = 0.2) -> dict:
@@ -88,6 +93,19 @@ def test_flags_catch_forgetting_hacking_and_overfitted_calibration():
     assert honest["calibration_not_generalized"] is False and honest["collapsed"] == []
     constant = flags(before, {"train": _table(0.5, 0.375, 0.12, std=0.001), "other": _table(0.6, 0.5, 0.1)}, ["train"])
     assert constant["collapsed"] == ["train"]
+
+
+def test_generalization_verdict_needs_auroc_above_chance_not_just_ece():
+    before = {"train": _table(0.50, 0.50, 0.20), "other": _table(0.60, 0.50, 0.10)}
+    chance = {"train": _table(0.5, 0.5, 0.1), "other": dict(_table(0.6, 0.5, 0.05), verbal_auroc=0.5,
+                                                            verbal_auroc_ci=[0.42, 0.58], n_items=60)}
+    v = flags(before, chance, ["train"])["generalization"]
+    assert v == "cannot tell: the stated confidence does not separate right from wrong on other AUROC 0.50 [0.42, 0.58], n = 60"
+    good = {"train": chance["train"], "other": dict(chance["other"], verbal_auroc=0.7, verbal_auroc_ci=[0.61, 0.79])}
+    assert flags(before, good, ["train"])["generalization"].startswith("generalized")
+    worse = {"train": chance["train"], "other": dict(good["other"], verbal_ece=0.15)}
+    assert flags(before, worse, ["train"])["generalization"] == (
+        "not generalized: stated-confidence ECE improved on train only (other +0.050 elsewhere)")
 
 
 def test_cli_svd_check_pairs_on_tiny_checkpoints(tmp_path, capsys):
@@ -157,3 +175,25 @@ def test_embedded_model_verbal_confidence_and_one_layer_svd(embedded_backend):
     svd = compare_matrices(w, 1.1 * w, k=64)
     assert svd["ratio_mean"] == pytest.approx(1.1, rel=1e-5) and svd["ratio_cv"] < 1e-5
     assert svd["lr_similarity"] > 0.999
+
+
+def test_orpo_reports_preference_metrics_on_held_out_pairs_quietly(tmp_path, capsys):
+    """--quiet prints nothing per step, no checkpoint-* is written without save_steps, and TRL's
+    preference metrics (rewards/margins, accuracies) come back for training and for the held-out pairs."""
+    pytest.importorskip("trl")
+    from llmcal.posttrain.orpo import train
+
+    _, rec = train("orpo", tiny_llama(0), tiny_tokenizer(), PAIRS, tmp_path / "out", steps=2, batch_size=2,
+                   progress=False, eval_fraction=0.34, grad_accum=2)
+    out = capsys.readouterr()
+    assert "'loss'" not in out.out and "'loss'" not in out.err  # no per-step log dicts
+    assert rec["n_pairs"] == 4 and rec["n_eval_pairs"] == 2 and rec["grad_accum"] == 2
+    stage = rec["stages"][0]
+    assert {"rewards/margins", "rewards/accuracies"} <= set(stage["preference"])
+    assert all(math.isfinite(v["last"]) for v in stage["preference"].values())
+    assert "eval_loss" in stage["eval"] and "eval_rewards/margins" in stage["eval"]
+    assert not list((tmp_path / "out").rglob("checkpoint-*"))
+    with pytest.raises(ValueError, match="eval_fraction must be in"):
+        train("orpo", tiny_llama(0), tiny_tokenizer(), PAIRS, tmp_path / "x", eval_fraction=1.0)
+    with pytest.raises(ValueError, match="has no chat template"):
+        train("orpo", tiny_llama(0), tiny_tokenizer(), PAIRS, tmp_path / "x", chat=True)

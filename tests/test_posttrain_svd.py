@@ -180,3 +180,46 @@ def test_noise_control_has_posts_change_norm_per_matrix():
             assert not torch.allclose(z, p)
         else:
             assert torch.equal(z, b)  # everything else stays base
+
+
+def _scaled(model, scale: float):
+    """A copy of ``model`` with every block linear layer's singular values times ``scale``: no rotation at all."""
+    import copy
+
+    post = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, mod in post.named_modules():
+            if isinstance(mod, torch.nn.Linear) and ".layers." in name:
+                mod.weight.mul_(scale)
+    return post
+
+
+def test_svd_verdict_says_no_change_for_identical_models():
+    from llmcal.posttrain.svd import verdict
+
+    base = _tiny_llama(0)
+    res = analyze(base, _tiny_llama(0), k=8)
+    assert res["k_used"] == "8"
+    lines = verdict(res)
+    assert len(lines) == 1 and lines[0].startswith("no change: the median relative change is 0.0e+00")
+
+
+def test_svd_verdict_against_the_noise_control_matches_its_numbers():
+    """A pure rescale keeps every direction: the verdict must say it rotates less than noise of the same size."""
+    from llmcal.posttrain.svd import noise_control, verdict
+
+    base = _tiny_llama(0)
+    post = _scaled(base, 1.05)
+    res = analyze(base, post, k=None)
+    assert res["k_used"] == "8-16"  # at most each matrix's rank (8 for k/v_proj, 16 = hidden), whatever k asked
+    assert "--null" in verdict(res)[-1]
+    res["null"] = analyze(base, noise_control(base, post), k=None)
+    lines = verdict(res)
+    s, n = res["summary"]["all"], res["null"]["summary"]["all"]
+    assert f"{s['ratio_mean_across']:.4f}" in lines[0] and s["ratio_mean_across"] == pytest.approx(1.05, rel=1e-4)
+    assert lines[1].startswith("singular vectors rotate less than noise of the same size")
+    assert f"{1 - n['median_diag_u']:.2e}" in lines[1]
+    # the noise's own rotation is judged like noise when it is compared with itself
+    res_null = dict(res["null"], null=res["null"])
+    assert "rotate like noise" in verdict(res_null)[1]
+    assert "not coordinated beyond noise" in verdict(res_null)[2]

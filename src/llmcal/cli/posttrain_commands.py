@@ -75,7 +75,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--lambda", dest="lam", type=float, default=0.1, help="ORPO's odds-ratio weight (default 0.1)")
     p.add_argument("--beta", type=float, default=0.1, help="DPO's beta (default 0.1)")
     p.add_argument("--lora", action="store_true", help="train LoRA adapters (merged into the saved weights)")
-    p.add_argument("--save_steps", "--save-steps", type=int, default=None, help="checkpoint every N steps")
+    p.add_argument("--save_steps", "--save-steps", type=int, default=None,
+                   help="checkpoint every N steps, for --resume (default: none; final/ is always written)")
+    p.add_argument("--resume", action="store_true", help="continue each stage from its newest checkpoint-*")
+    p.add_argument("--grad_accum", "--grad-accum", type=int, default=1, help="gradient accumulation steps (default 1)")
+    p.add_argument("--lora_rank", "--lora-rank", type=int, default=16, help="LoRA rank with --lora (default 16)")
+    p.add_argument("--eval_fraction", "--eval-fraction", type=float, default=0.0,
+                   help="hold out this share of the pairs (the last ones) and report TRL's metrics on them")
+    p.add_argument("--chat", action="store_true", help="render each prompt through the model's chat template")
     p.add_argument("--max_pairs", "--max-pairs", type=int, default=None, help="use the first N pairs")
     p.add_argument("--max_length", "--max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -131,15 +138,21 @@ def cmd_svd(args: argparse.Namespace) -> int:
         from llmcal.posttrain.svd import noise_control
 
         res["null"] = analyze(base.model, noise_control(base.model, post.model), k=args.k or None)
-    res.update(base=args.base, post=args.post, wall_s=round(time.perf_counter() - t0, 1))
+    from llmcal.posttrain.svd import verdict
+
+    res.update(base=args.base, post=args.post, wall_s=round(time.perf_counter() - t0, 1), verdict=verdict(res))
     path = _write(args.out, "svd.json", res)
     (Path(args.out) / "svd.html").write_text(report_html(res, args.base, args.post))
     for label, r in [("post", res), *([("null", res["null"])] if args.null else [])]:
         s = r["summary"]["all"]
-        print(f"{label}: {r['n_matrices']} matrices, k={r['k']}: ratio mean {s['median_ratio_mean']:.5f} "
+        print(f"{label}: {r['n_matrices']} matrices, k = {r['k_used']} (the top-{r['k'] or 'all'} asked, at most "
+              f"each matrix's rank): ratio mean {s['median_ratio_mean']:.5f} "
               f"(cv within {s['median_ratio_cv']:.2e}, across {s['ratio_cv_across']:.2e}); "
-              f"cos(R_U, R_V) {s['median_lr_similarity']:.4f}; |diag R_U| {s['median_diag_u']:.4f}; "
-              f"principal angle U {s['median_angle_mean_u']:.3f} deg; rel change {s['median_rel_change']:.2e}")
+              f"cos(R_U, R_V) {s['median_lr_similarity']:.4f}, off-diagonal {s['median_lr_similarity_offdiag']:.4f}; "
+              f"|diag R_U| {s['median_diag_u']:.4f}; principal angle U {s['median_angle_mean_u']:.3f} deg; "
+              f"rel change {s['median_rel_change']:.2e}")
+    for line in res["verdict"]:
+        print(f"verdict: {line}")
     print(f"wrote {path} and {Path(args.out) / 'svd.html'} ({res['wall_s']} s)")
     return 0
 
@@ -196,13 +209,29 @@ def cmd_orpo(args: argparse.Namespace) -> int:
     _, record = train(args.method, backend.model, backend.tokenizer, pairs, args.out, steps=args.steps,
                       batch_size=args.batch_size, lr=args.lr, lam=args.lam, beta=args.beta, lora=args.lora,
                       save_steps=args.save_steps, seed=args.seed, progress=not args.quiet,
-                      max_length=args.max_length)
+                      max_length=args.max_length, grad_accum=args.grad_accum, lora_rank=args.lora_rank,
+                      eval_fraction=args.eval_fraction, chat=args.chat, resume=args.resume)
     record.update(model=args.model, pairs=str(args.pairs))
     path = _write(args.out, "train.json", record)
     t = record["total"]
     print(f"{args.method}: {t['steps']} steps, {t['wall_s']} s, {t['forward_calls']} forward calls "
           f"({t['forward_rows']} sequences), peak RSS {t['peak_rss_mb']} MB; model in {record['checkpoint']}; "
           f"wrote {path}")
+    for stage in record["stages"]:
+        pref = stage["preference"]
+        shown = [f"{k} {v['first']:+.3f} -> {v['last']:+.3f}" for k, v in pref.items()
+                 if k in ("rewards/margins", "rewards/accuracies", "log_odds_ratio")]
+        if shown:
+            print(f"  {stage['method']} preference (first -> last logged step): " + "; ".join(shown))
+        margin = pref.get("rewards/margins", {}).get("last")
+        if margin is not None and margin <= 0:
+            print(f"  {stage['method']}: the chosen answers are not yet preferred (last reward margin {margin:+.3f}): "
+                  "train longer or raise --lr / --lambda before trusting the result")
+        ev = stage.get("eval")
+        if ev:
+            keys = [k for k in ("eval_loss", "eval_rewards/margins", "eval_rewards/accuracies") if k in ev]
+            print(f"  {stage['method']} on {record['n_eval_pairs']} held-out pairs: "
+                  + "; ".join(f"{k.removeprefix('eval_')} {ev[k]:+.3f}" for k in keys))
     return 0
 
 
@@ -224,9 +253,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     _threads()
 
     def log(task: str, b: dict, a: dict) -> None:
-        print(f"{task:14s} acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}  verbal ECE {b['verbal_ece']:.3f} -> "
-              f"{a['verbal_ece']:.3f}  AUROC {b['verbal_auroc']:.3f} -> {a['verbal_auroc']:.3f}  "
-              f"stated {b['mean_stated']:.3f} -> {a['mean_stated']:.3f}")
+        def iv(d: dict, key: str) -> str:
+            lo, hi = d[f"{key}_ci"]
+            return f"{d[key]:.3f} [{lo:.2f}, {hi:.2f}]"
+
+        print(f"{task:14s} n {b['n_items']}  acc {b['accuracy']:.3f} -> {a['accuracy']:.3f}  stated-confidence "
+              f"ECE {iv(b, 'verbal_ece')} -> {iv(a, 'verbal_ece')}  AUROC {iv(b, 'verbal_auroc')} -> "
+              f"{iv(a, 'verbal_auroc')}  mean stated {b['mean_stated']:.3f} -> {a['mean_stated']:.3f}")
 
     train_tasks = [t.strip() for t in args.train_tasks.split(",") if t.strip()]
     res = compare(before, after, tasks, train_tasks, log=log)
@@ -234,7 +267,7 @@ def cmd_check(args: argparse.Namespace) -> int:
                wall_s=round(time.perf_counter() - t0, 1))
     f = res["flags"]
     print(f"forgetting: {', '.join(f['forgetting']) or 'none'}; reward hacking: "
-          f"{', '.join(f['reward_hacking']) or 'none'}; stated confidence collapsed: {', '.join(f['collapsed']) or 'none'}; "
-          f"calibration not generalized: {f['calibration_not_generalized']}")
+          f"{', '.join(f['reward_hacking']) or 'none'}; stated confidence collapsed: {', '.join(f['collapsed']) or 'none'}")
+    print(f"generalization: {f['generalization']}")
     print(f"wrote {_write(args.out, 'check.json', res)} ({res['wall_s']} s)")
     return 0

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     m.add_argument("--mapping", default=None,
                    help="layer mapping JSON for an architecture llmcal does not know (see docs/quant.md)")
     q = p.add_argument_group("quantization")
+    q.add_argument("--recipe", default=None,
+                   help="a YAML recipe (stages in order, per-layer ignore regexes; docs/quant.md): replaces "
+                   "--method and the format flags below")
     q.add_argument("--method", default="awq", choices=["rtn", "smoothquant", "awq", "gptq"])
     q.add_argument("--w_bits", "--w-bits", type=int, default=4, help="weight bits (default 4)")
     q.add_argument("--granularity", default=None, choices=["tensor", "channel", "group"],
@@ -75,6 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     e.add_argument("--ppl_text", "--ppl-text", default="sciq_support:test", help="held-out text ('' = none)")
     e.add_argument("--ppl_limit", "--ppl-limit", type=int, default=100, help="perplexity texts (default 100)")
     e.add_argument("--no_eval", "--no-eval", action="store_true", help="quantize (and export) only")
+    e.add_argument("--baseline", default=None,
+                   help="reuse the float measurement of an earlier run (its folder or quant_results.json) instead "
+                   "of measuring it again; refused unless it measured the same model, tasks, limit and text")
     e.add_argument("--output_path", "--output-path", default=None, help="folder for quant_results.json (and --export)")
     e.add_argument("--export", action="store_true", help="write the compressed-tensors model into --output_path")
     e.add_argument("--target", default="vllm", choices=["vllm", "transformers"],
@@ -89,6 +95,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def build_recipe(args):
+    if getattr(args, "recipe", None):
+        from llmcal.quant.recipe_file import load_recipe
+
+        return load_recipe(args.recipe)
     from llmcal.quant import QuantArgs, Recipe
 
     a_bits = args.a_bits if args.a_bits is not None else (8 if args.method == "smoothquant" else None)
@@ -133,6 +143,10 @@ def cmd_quantize(args) -> int:
     from llmcal.quant.quantizer import check_inputs, quantize_model
 
     log = (lambda *a: None) if args.quiet else (lambda *a: print(*a, file=sys.stderr))
+    settings = {"model_args": args.model_args, "tasks": args.tasks, "limit": args.limit,
+                "data_dir": args.data_dir, "ppl_text": args.ppl_text, "ppl_limit": args.ppl_limit,
+                "seq_len": args.seq_len}
+    saved_before = _read_baseline(args.baseline, settings) if args.baseline and not args.no_eval else None
     margs = parse_model_args(args.model_args)
     backend = load_backend("hf", **margs)  # quantization needs the weights here
     model, tok = backend.model, backend.tokenizer
@@ -146,21 +160,37 @@ def cmd_quantize(args) -> int:
             export_dtype = source_dtype(margs.get("pretrained"), margs.get("gguf_file"))
     calib = tokenize(tok, calib_texts, args.seq_len)
     ppl = tokenize(tok, ppl_texts, args.seq_len) if ppl_texts else None
-    before = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
-    if before:
-        log(f"before: {_short(before)}")
+    if saved_before is not None:
+        before = saved_before
+        before["predictions"] = before["items"].get("predictions", [])
+        log(f"before (reused from {args.baseline}): {_short(before)}")
+    else:
+        before = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
+        if before:
+            log(f"before: {_short(before)}")
     t = time.perf_counter()
     res = quantize_model(model, calib, recipe, args.mapping, outlier=args.outlier, n_required=args.n_samples,
                          progress=None if args.quiet else (lambda i, n: log(f"  layer {i}/{n}")))
     log(f"quantized ({recipe.label()}) in {time.perf_counter() - t:.1f} s")
     after = evaluate_model(model, tok, ppl, items) if (ppl or items) else {}
     cmp = compare(before, after) if after else {}
-    results = {"model": backend.model_name, "quantization": res.summary(),
+    summary = None
+    if "items" in before and "items" in after:
+        from llmcal.quant.verdict import paired_intervals, verdict
+
+        iv = paired_intervals(before["items"], after["items"])
+        cmp["intervals"] = {k: list(v) for k, v in iv.items()}
+        summary = verdict(recipe.label(), iv, len(before["items"]["correct"]), cmp.get("ppl_ratio"))
+        cmp["verdict"] = summary
+    results = {"model": backend.model_name, "baseline_key": _baseline_key(settings),
+               "baseline_from": args.baseline, "quantization": res.summary(),
                "calibration": {"source": args.calibration, "n_samples": args.n_samples, "seq_len": args.seq_len,
                                "outlier": args.outlier},
                "before": _strip(before), "after": _strip(after), "compare": cmp}
     if not args.quiet and after:
         _print_table(before, after, cmp)
+    if summary:
+        print(summary)
     if args.output_path:
         out = Path(args.output_path)
         created = not out.exists()
@@ -184,6 +214,30 @@ def cmd_quantize(args) -> int:
     return 0
 
 
+def _baseline_key(settings: dict) -> dict:
+    from llmcal.quant.verdict import baseline_key
+
+    return baseline_key(settings)
+
+
+def _read_baseline(path: str, settings: dict) -> dict:
+    """The float measurement stored by an earlier ``llmcal quantize`` (``--baseline``), checked to match."""
+    from llmcal.quant.verdict import check_baseline
+
+    p = Path(path)
+    if p.is_dir():
+        p = p / "quant_results.json"
+    try:
+        saved = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"--baseline: {p} does not exist (give an earlier run's folder or its quant_results.json)")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"--baseline: {p} line {e.lineno}: not JSON ({e.msg})")
+    if not isinstance(saved, dict):
+        raise ValueError(f"--baseline: {p}: not a quant_results.json (top level is not an object)")
+    return check_baseline(saved, settings, str(p))
+
+
 def _strip(d: dict) -> dict:
     return {k: v for k, v in d.items() if k != "predictions"}
 
@@ -194,11 +248,35 @@ def _short(d: dict) -> str:
 
 
 def _print_table(before: dict, after: dict, cmp: dict) -> None:
-    print("| metric | before | after |")
-    print("|---|---:|---:|")
-    for k in ("perplexity", "accuracy", "ece", "brier", "mean_confidence"):
-        if k in before:
-            print(f"| {k} | {before[k]:.4f} | {after[k]:.4f} |")
+    """The before/after table with n, 95% paired intervals where there are per-question answers, and definitions."""
+    from llmcal.quant.verdict import DEFINITIONS
+
+    iv = cmp.get("intervals", {})
+
+    def cell(key: str, value: float) -> str:
+        if key in iv:
+            _, lo, hi = iv[key]
+            return f"{value:.3f} [{lo:.3f}, {hi:.3f}]"
+        return f"{value:.3f}" if key != "perplexity" else f"{value:.2f}"
+
+    n_q = before.get("n_items")
+    n_tok = before.get("ppl_tokens")
+    print("| metric | n | float | quantized |")
+    print("|---|---:|---:|---:|")
+    for k, ivk in (("perplexity", None), ("accuracy", "accuracy"), ("ece", "ece"), ("brier", None),
+                   ("mean_confidence", None)):
+        if k in before and k in after:
+            n = n_tok if k == "perplexity" else n_q
+            unit = " tokens" if k == "perplexity" else ""
+            b = cell(f"{ivk}_before", before[k]) if ivk else cell(k, before[k])
+            a = cell(f"{ivk}_after", after[k]) if ivk else cell(k, after[k])
+            print(f"| {k} | {n}{unit} | {b} | {a} |")
     for k in ("retention", "ppl_ratio", "agreement"):
         if k in cmp:
-            print(f"| {k} | | {cmp[k]:.4f} |")
+            print(f"| {k} | {n_tok if k == 'ppl_ratio' else n_q} | | {cell(k, cmp[k])} |")
+    print()
+    for k in ("perplexity", "accuracy", "ece", "brier", "mean_confidence", "retention", "ppl_ratio", "agreement"):
+        if k in before or k in cmp:
+            print(f"  {k}: {DEFINITIONS[k]}")
+    if iv:
+        print("  [low, high]: 95% paired bootstrap interval over the same questions")

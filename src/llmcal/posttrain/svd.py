@@ -159,7 +159,62 @@ def analyze(base_model, post_model, k: int | None = 64,
             rows.append(row)
             if progress:
                 progress(i + 1, len(refs))
-    return {"k": k, "n_matrices": len(rows), "rows": rows, "summary": summarize(rows)}
+    used = sorted({r["k"] for r in rows})
+    k_used = (f"{used[0]}" if len(used) == 1 else f"{used[0]}-{used[-1]}") if used else "0"
+    return {"k": k, "k_used": k_used, "n_matrices": len(rows), "rows": rows, "summary": summarize(rows)}
+
+
+#: Below this median relative change ``||W_post - W_base|| / ||W_base||`` two checkpoints count as the same
+#: (fp32 round-off of a save/load is ~1e-7; a real fine-tune step is ~1e-4 or more).
+NO_CHANGE = 1e-6
+
+
+def verdict(result: dict[str, Any]) -> list[str]:
+    """Sentences a reader can act on, each stating the numbers it rests on.
+
+    * a median relative change under :data:`NO_CHANGE`: "no change", and the
+      other metrics are round-off;
+    * with the noise control (``result["null"]``, base + random noise of post's
+      change norm): the rotation is judged by ``1 - diag_u`` (how far the
+      singular vectors moved) against the control's: under half of it, the
+      change keeps the existing directions; over twice, it rotates more than
+      noise of that size; in between, it rotates like noise, and the rotation
+      says nothing beyond the size of the change.  Coordination of the left
+      and right rotations is the off-diagonal cosine (He & Cao 2025's claim),
+      coordinated when it exceeds the control's by 0.2 and is at least 0.3;
+    * without the control: a pointer to ``--null``, since a small change of
+      any direction looks "scaled and barely rotated".
+    """
+    s = result["summary"]["all"]
+    rel = s["median_rel_change"]
+    if not rel > NO_CHANGE:
+        return [f"no change: the median relative change is {rel:.1e} (under {NO_CHANGE:.0e}); the checkpoints are "
+                "the same up to round-off, so the rotation and scaling figures are noise"]
+    out = [f"singular values scaled by {s['ratio_mean_across']:.4f} on average (spread across matrices "
+           f"{s['ratio_cv_across']:.1e}); relative change {rel:.1e}"]
+    null = result.get("null")
+    if not null:
+        out.append("no noise control: run with --null to tell a structured change from one of the same size in a "
+                   "random direction")
+        return out
+    n = null["summary"]["all"]
+    moved, moved_null = 1.0 - s["median_diag_u"], 1.0 - n["median_diag_u"]
+    figures = f"1 - |diag R_U| {moved:.2e} vs {moved_null:.2e} for noise of the same size"
+    if moved < 0.5 * moved_null:
+        out.append(f"singular vectors rotate less than noise of the same size ({figures}): the change keeps the "
+                   "existing directions")
+    elif moved > 2.0 * moved_null:
+        out.append(f"singular vectors rotate more than noise of the same size ({figures})")
+    else:
+        out.append(f"singular vectors rotate like noise of the same size ({figures}): the rotation says nothing "
+                   "beyond the size of the change")
+    off, off_null = s["median_lr_similarity_offdiag"], n["median_lr_similarity_offdiag"]
+    cmp = f"off-diagonal cos(R_U, R_V) {off:.3f} vs {off_null:.3f} for noise"
+    if off >= 0.3 and off > off_null + 0.2:
+        out.append(f"left and right rotations are coordinated ({cmp})")
+    else:
+        out.append(f"left and right rotations are not coordinated beyond noise ({cmp})")
+    return out
 
 
 def noise_control(base_model, post_model, seed: int = 0):

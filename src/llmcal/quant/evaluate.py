@@ -52,9 +52,13 @@ def mc_metrics(model, tokenizer, items: Sequence, style: str = "cloze", n_bins: 
     recs = [sample_record(it, r.context, s, style, None) for it, r, s in zip(items, reqs, scores)]
     correct = np.array([r.correct for r in recs], dtype=float)
     conf = np.array([r.signals["option_prob"] for r in recs])
+    preds = [r.prediction for r in recs]
     return {"accuracy": float(correct.mean()), "ece": ece(conf, correct, n_bins=n_bins),
             "brier": brier_score(conf, correct), "mean_confidence": mean_confidence(conf),
-            "n_items": len(items), "predictions": [r.prediction for r in recs]}
+            "n_items": len(items), "predictions": preds,
+            # per question, for the paired intervals (quant/verdict.py) and for --baseline reuse
+            "items": {"correct": correct.astype(int).tolist(), "confidence": [float(c) for c in conf],
+                      "predictions": preds}}
 
 
 def evaluate_model(model, tokenizer, ppl_seqs: Sequence | None = None, items: Sequence | None = None,

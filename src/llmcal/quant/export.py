@@ -108,7 +108,10 @@ def _export(model, result, out: Path, tokenizer, dtype: str | None) -> None:
         weights=_ct_args(recipe.weights),
         input_activations=_ct_args(recipe.activations, True) if recipe.activations is not None else None,
     )
-    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head"],
+    # the linears the recipe left in float (matched by the scheme's target regex, but not quantized)
+    skipped = [n for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear) and n != "lm_head"
+               and re.fullmatch(f".*\\.({names})", n) and n not in result.weights]
+    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=["lm_head", *skipped],
                                 quantization_status=QuantizationStatus.FROZEN)
     apply_quantization_config(m, config)
     modules = dict(m.named_modules())

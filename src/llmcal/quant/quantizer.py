@@ -93,10 +93,16 @@ def check_inputs(model, recipe: Recipe, mapping: LayerMapping | str | None,
     recipe.validate()
     mapping = resolve_mapping(model, mapping)
     layers = get_module(model, mapping.layers)
+    n_kept = 0
     for i, layer in enumerate(layers):
         for path in mapping.linears:
             lin = get_module(layer, path)
+            if recipe.ignores(f"{mapping.layers}.{i}.{path}"):
+                continue
+            n_kept += 1
             recipe.weights.check_width(lin.in_features, f"{mapping.layers}.{i}.{path}")
+    if recipe.ignore and n_kept == 0:
+        raise QuantError("ignore", f"the patterns {list(recipe.ignore)} leave no linear layer to quantize")
     if samples is not None:
         if len(samples) == 0:
             raise QuantError("n_samples", "no calibration samples")
@@ -130,10 +136,12 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
     result = QuantResult(recipe, mapping, len(samples), int(sum(s.shape[1] for s in samples)))
     t0, c0 = time.perf_counter(), time.process_time()
     model.eval()
-    if recipe.method == "rtn" and not static:  # weight-only RTN reads no data
+    if recipe.method == "rtn" and not static and recipe.smooth is None:  # weight-only RTN reads no data
         with _PeakRSS() as mem, torch.no_grad():
             for i, layer in enumerate(layers):
                 for path in mapping.linears:
+                    if recipe.ignores(f"{mapping.layers}.{i}.{path}"):
+                        continue
                     lin = get_module(layer, path)
                     result.weights[f"{mapping.layers}.{i}.{path}"] = quantize_linear_(lin, recipe.weights)
                     if acts is not None:
@@ -150,6 +158,13 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
             if recipe.method == "awq":
                 capture = {g.inspect: g.inspect for g in mapping.groups}
                 capture.update(distinct)
+            if recipe.smooth is not None:  # a recipe's smoothing stage: fold s into the norms first
+                sstats, _, _ = collect(layer, inputs, distinct, None, 0, outlier, seed, values=False)
+                for g in mapping.groups:
+                    if (g.smooth or recipe.smooth_all) and group_applies(layer, g):
+                        s = smoothquant.smooth_group(layer, g, sstats[keys[g.linears[0]]].absmax_c, recipe.smooth)
+                        result.smooth_max[f"{name}.{g.prev}"] = float(s.max())
+                del sstats
             hessians: dict = {}
             if recipe.method == "gptq":  # H = 2 X^T X / n of each distinct linear input, float layer
                 from llmcal.quant.gptq import layer_hessians
@@ -196,6 +211,8 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
             kept.clear()
 
             for path in mapping.linears:
+                if recipe.ignores(f"{name}.{path}"):
+                    continue  # stays float (smoothing and AWQ scales folded into it are exact)
                 lin = get_module(layer, path)
                 if recipe.method == "gptq":
                     from llmcal.quant import gptq

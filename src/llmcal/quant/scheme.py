@@ -18,6 +18,7 @@ Granularity (which elements share one scale):
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field, replace
 
 from llmcal.quant.errors import QuantError
@@ -107,10 +108,29 @@ class Recipe:
     gptq_block: int = 128  # GPTQ: columns per lazy batch update (the result does not depend on it)
     gptq_act_order: bool = False  # GPTQ: columns by descending diag(H) (groups then fixed up front)
     gptq_damp: float = 0.01  # GPTQ: H += gptq_damp * mean(diag(H)) * I
+    # linears left in float: regexes matched in full against module names ("model.layers.0.mlp.down_proj")
+    ignore: tuple[str, ...] = ()
+    # SmoothQuant's smoothing (this alpha) before the method, as a recipe's earlier stage (rtn, awq, gptq)
+    smooth: float | None = None
+
+    def ignores(self, name: str) -> bool:
+        """Whether the linear ``name`` stays in float (it matches one of :attr:`ignore`)."""
+        return any(re.fullmatch(p, name) for p in self.ignore)
 
     def validate(self) -> "Recipe":
         if self.method not in METHODS:
             raise QuantError("method", f"unknown {self.method!r}; use one of {', '.join(METHODS)}")
+        for i, pat in enumerate(self.ignore):
+            try:
+                re.compile(pat)
+            except re.error as err:
+                raise QuantError(f"ignore[{i}]", f"{pat!r} is not a regular expression ({err})") from None
+        if self.smooth is not None:
+            if self.method == "smoothquant":
+                raise QuantError("smooth", "smoothquant smooths already; a smoothing stage goes before rtn, awq "
+                                 "or gptq")
+            if not 0.0 <= float(self.smooth) <= 1.0:
+                raise QuantError("smooth", f"SmoothQuant's alpha must be in [0, 1], got {self.smooth!r}")
         self.weights.validate("weights")
         if self.activations is not None:
             self.activations.validate("activations")
@@ -136,7 +156,9 @@ class Recipe:
         extra = (f"-alpha{self.alpha:g}{'-all' if self.smooth_all else ''}"
                  if self.method == "smoothquant" else ("-act" if self.method == "gptq" and self.gptq_act_order
                                                        else ""))
-        return f"{self.method}-w{self.weights.label()}{'-' + a if a else ''}{extra}"
+        pre = f"sq{self.smooth:g}+" if self.smooth is not None else ""
+        ign = f"-ignore{len(self.ignore)}" if self.ignore else ""
+        return f"{pre}{self.method}-w{self.weights.label()}{'-' + a if a else ''}{extra}{ign}"
 
     def with_(self, **kw) -> "Recipe":
         return replace(self, **kw)
