@@ -205,6 +205,16 @@ def test_overwrite_removes_only_what_llmcal_wrote(tmp_path):
     assert len((out / "samples.jsonl").read_text().splitlines()) == 5
 
 
+def test_run_with_overwrite_into_a_new_folder(tmp_path):
+    """`llmcal run --overwrite` on a folder that does not exist yet: run() holds the lock file while
+    measure checks the folder again, and that lock alone must not make it "not llmcal's"."""
+    task = _task(tmp_path / "t.jsonl", n=12)
+    out = tmp_path / "new"
+    assert main(["run", "--model", "fake", "--tasks", str(task), "--output_path", str(out), "--overwrite",
+                 "--quiet", "--bootstrap", "0"]) == 0
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 12 and (out / "results.json").is_file()
+
+
 def test_overwrite_with_a_model_that_fails_to_load_keeps_the_earlier_run(tmp_path, capsys):
     task = _task(tmp_path / "t.jsonl", n=20)
     out = tmp_path / "R"

@@ -25,16 +25,31 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
     fields: dict[str, Any] = {}
     for name in ("model", "model_args", "data_dir", "limit", "style", "dtype", "max_tokens", "k_samples",
-                 "sample_temperature", "max_new_tokens", "signal", "cal_fraction", "seed", "threshold",
-                 "target_error", "risk_delta", "n_bins", "bootstrap", "output_path"):
+                 "sample_temperature", "max_new_tokens", "nli_model", "signal", "cal_fraction", "threshold",
+                 "target_error", "risk_delta", "n_bins", "bootstrap", "output_path",
+                 "num_fewshot", "system_instruction", "gen_kwargs", "device", "batch_size"):
         if get(name) is not None:
             fields[name] = get(name)
+    # lm-eval's --seed seeds random/numpy/torch; the split's seed is --split_seed (RunConfig.seed)
+    if get("split_seed") is not None:
+        fields["seed"] = get("split_seed")
+    if get("seed") is not None:
+        fields["random_seed"] = get("seed")
+    if get("include_path"):
+        fields["include_path"] = _names(get("include_path"))
+    for name in ("fewshot_as_multiturn", "log_samples"):
+        fields[name] = bool(get(name, False))
     for name in ("chat", "overwrite"):
         fields[name] = bool(get(name, False))
     for name, field in (("tasks", "tasks"), ("calibrators", "calibrators"), ("signals", "open_signals"),
                         ("hidden_layers", "hidden_layers")):
         if get(name) is not None:
             fields[field] = _names(get(name))
+    if get("fields"):  # --fields: the mapping travels in each file task's spec (my.csv[question=...])
+        from llmcal.tasks.formats import fields_spec
+        from llmcal.tasks.registry import with_fields
+
+        fields["tasks"] = with_fields(fields.get("tasks", ("builtin",)), fields_spec(get("fields")))
     fields["open_chat"] = not get("no_chat", False)
     fields["report"] = not get("no_report", False)
     fields["quiet"] = bool(get("quiet", False))
@@ -63,7 +78,28 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from llmcal.pipeline.run import calibrate_run
     from llmcal.records.run_dir import RunDir
 
+    if getattr(args, "adapt", None) and not getattr(args, "from_run", None):
+        raise ValueError("--adapt: needs --from SOURCE_RUN (the calibration to adapt to RUN_DIR)")
+    if getattr(args, "from_run", None):
+        return _calibrate_from(args)
     calibrate_run(RunDir(args.run_dir), run_config(args))
+    return 0
+
+
+def _calibrate_from(args: argparse.Namespace) -> int:
+    """``llmcal calibrate TARGET --from SOURCE [--adapt unlabeled]``: :func:`llmcal.transfer`, printed."""
+    from llmcal.pipeline.transfer import transfer
+
+    r = transfer(args.from_run, args.run_dir, adapt=args.adapt, estimator=args.estimator,
+                 cal_fraction=args.cal_fraction, seed=getattr(args, "split_seed", getattr(args, "seed", None)),
+                 n_bins=args.n_bins, n_bootstrap=args.bootstrap)
+    if not args.quiet:
+        n = r.results["split"]["n_test"]
+        print(f"{r.source} applied to {r.target} ({n} test items):")
+        print(r.table())
+        if r.flagged:
+            print("flagged (no better than the constant): " + ", ".join(r.flagged))
+        print(f"written: {r.path}")
     return 0
 
 
@@ -91,17 +127,29 @@ def cmd_import_lmeval(args: argparse.Namespace) -> int:
     """``llmcal import-lmeval``: a run folder from lm-eval's logged samples, then calibrate and report."""
     from llmcal.pipeline.lmeval_import import import_lmeval
 
-    path = import_lmeval(args.samples, run_config(args))
+    from llmcal.backends.model_args import parse_model_args
+
+    margs = parse_model_args(args.model_args) if args.model_args else None
+    path = import_lmeval(args.samples, run_config(args), model_args=margs)
     if path is not None and not args.quiet:
         print(f"report: {path}")
     return 0
 
 
 def cmd_tasks(args: argparse.Namespace) -> int:
-    from llmcal.tasks.registry import describe_tasks
+    from llmcal.tasks.registry import OTHER_SPECS, check_data_dir, describe_tasks
 
-    for t in describe_tasks():
-        print(f"{t['name']:<18} {t['kind']:<5} {t.get('description', '')}".rstrip())
+    root, missing, why = check_data_dir(getattr(args, "data_dir", None))
+    if getattr(args, "data_dir", None) and root is None:
+        raise ValueError(why)
+    print(f"data folder: {root}" if root else f"data folder: none ({why})")
+    for t in describe_tasks(getattr(args, "kind", None)):
+        lacks = missing.get(t["name"], [])
+        state = "embedded" if t["source"] == "embedded" else ("missing " + ", ".join(lacks) if lacks else "ready")
+        print(f"{t['name']:<16} {t['kind']:<5} {state:<14} {t.get('description', '')}".rstrip())
+    print("\nother task specs:")
+    for syntax, kind, what in OTHER_SPECS:
+        print(f"  {syntax}\n      {kind}: {what}")
     return 0
 
 
@@ -109,16 +157,31 @@ def cmd_signals(args: argparse.Namespace) -> int:
     from llmcal.signals.registry import describe_signals
 
     rows = describe_signals(args.kind)
+    model = getattr(args, "model", None)
+    if model:  # what this backend can supply (an API backend sees only the server's top-k log-probabilities)
+        from llmcal.backends.registry import backend_class
+        from llmcal.signals.registry import SIGNALS, availability
+
+        caps = backend_class(model).capabilities
+        for r in rows:
+            r["available"] = availability(SIGNALS[r["name"]], caps, approximate_entropy="hidden_states" not in caps,
+                                          nli_model=bool(getattr(args, "nli_model", None)))
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    from llmcal.signals.registry import SIGNALS, needs
+
     for r in rows:
-        print(f"{r['name']:<20} {r['kind']:<5} {r['family'] or '(always)':<19} {r['cost']:<22} {r['citation']}")
+        line = (f"{r['name']:<22} {r['kind']:<5} {r['family'] or '(always)':<19} {r['cost']:<18} "
+                f"{', '.join(needs(SIGNALS[r['name']])):<40} {r['citation']}")
+        print(line + (f"  [{r['available']}]" if model else ""))
     return 0
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from llmcal.pipeline.ask import ask_mc, latest_run
+    import sys
+
+    from llmcal.pipeline.ask import ask_mc, choose_run
 
     if not args.choices:
         raise ValueError("--choices is required for now (free-form answers need the generation "
@@ -126,16 +189,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
     choices = tuple(c.strip() for c in args.choices.split(";") if c.strip())
     if len(choices) < 2:
         raise ValueError(f"--choices: need at least 2 choices separated by ';', got {args.choices!r}")
-    run = Path(args.run) if args.run else latest_run()
+    run = Path(args.run) if args.run else choose_run()  # several calibrated runs: --run is required
+    if not args.run:
+        print(f"llmcal ask: using {run} (the only calibrated run under runs/)", file=sys.stderr)
     out = ask_mc(args.question, choices, run, threshold=args.threshold, high=args.high)
     d = out["decision"]
     if args.json:
         print(json.dumps({**d.to_dict(), "calibrator": out["calibrator"], "signal": out["signal"],
                           "raw_confidence": out["raw_confidence"], "run": str(run)}, indent=2))
         return 0
-    from rich.console import Console
+    from llmcal.report.terminal import console as plain_console
 
-    console = Console()
+    console = plain_console()  # colour for the meter and its sentence only, no cyan numbers
     conf, width = out["confidence"], 30
     filled = int(round(conf * width))
     console.print(f"[bold]{args.question}[/bold]")

@@ -27,6 +27,18 @@ def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:
     return tuple(str(v).strip() for v in value if str(v).strip())
 
 
+def _lmeval_prefixed(tasks: tuple[str, ...]) -> tuple[str, ...]:
+    """lm-eval's ``--tasks lmeval:a,b``: the prefix carries to the names after it."""
+    out, carry = [], False
+    for t in [part.strip() for t in tasks for part in (t.split(",") if t.lower().startswith("lmeval:") else [t])]:
+        if t.lower().startswith("lmeval:"):
+            carry = True
+        elif carry and ":" not in t and "/" not in t and not t.lower().endswith((".jsonl", ".json", ".csv")):
+            t = "lmeval:" + t
+        out.append(t)
+    return tuple(out)
+
+
 @dataclass
 class ProbeConfig:
     """The external probe and ``combined`` (``llmcal run --probe``); see :mod:`llmcal.probe`."""
@@ -70,11 +82,12 @@ class RunConfig:
     sample_temperature: float = 0.8
     max_new_tokens: int = 32
     open_chat: bool = True
+    nli_model: str | None = None  # NLI cross-encoder (hub name or folder) for meaning; None = embeddings
     # calibration and metrics
     calibrators: Sequence[str] | str | None = None  # None: temperature (multiple choice), platt (free form)
     signal: str | None = None
     cal_fraction: float = 0.5
-    seed: int = 0
+    seed: int = 0  # the calibration/test split's seed (CLI --split_seed; the CLI's --seed is lm-eval's, below)
     threshold: float = 0.75
     target_error: float = 0.10
     risk_delta: float = 0.05
@@ -88,9 +101,20 @@ class RunConfig:
     report: bool = True
     quiet: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
+    # lm-eval's flags, with lm-eval's meanings (``lmeval:`` tasks; device, batch size and seeds for every run)
+    include_path: Sequence[str] | str = ()  # folders (or files) of local lm-eval YAML
+    num_fewshot: int | None = None  # None: the task's own
+    system_instruction: str | None = None
+    fewshot_as_multiturn: bool = False
+    gen_kwargs: str | None = None  # "temperature=0,max_gen_toks=64,until=\n\n" (generate_until tasks)
+    device: str | None = None  # cpu, cuda, cuda:1, mps: given to the backend (model_args device=)
+    batch_size: int | str | None = None  # items a forward pass at most (hf; "auto" = by --max_tokens alone)
+    random_seed: int | str | None = None  # lm-eval's --seed: "R,N,T,F" or one int for all (None: 0,1234,1234,1234)
+    log_samples: bool = False  # also write lm-eval's samples_<task>_<date>.jsonl and results JSON
 
     def __post_init__(self) -> None:
-        self.tasks = _names(self.tasks)
+        self.tasks = _lmeval_prefixed(_names(self.tasks))
+        self.include_path = _names(self.include_path)
         self.calibrators = _names(self.calibrators)
         self.open_signals = _names(self.open_signals)
         self.hidden_layers = _names(self.hidden_layers)
@@ -118,6 +142,19 @@ class RunConfig:
             raise ValueError(f"--n_bins: must be at least 1, got {self.n_bins}")
         if self.bootstrap < 0:
             raise ValueError(f"--bootstrap: must be >= 0, got {self.bootstrap}")
+        if self.num_fewshot is not None and self.num_fewshot < 0:
+            raise ValueError(f"--num_fewshot: must be >= 0, got {self.num_fewshot}")
+        if self.batch_size is not None and str(self.batch_size) != "auto" and not (
+                str(self.batch_size).isdigit() and int(self.batch_size) >= 1):
+            raise ValueError(f"--batch_size: a whole number >= 1 or 'auto', got {self.batch_size!r}")
+        self.seeds()  # checked now
+        if self.include_path or self.fewshot_as_multiturn or self.gen_kwargs:
+            self.lmeval_options()  # a missing --include_path, bad --gen_kwargs: refused before any work
+        if self.log_samples and not any(t.lower().startswith("lmeval:") for t in self.tasks):
+            raise ValueError("--log_samples writes lm-eval's samples and results files for lmeval: tasks; --tasks "
+                             f"{','.join(self.tasks)} names none (llmcal's samples.jsonl is always written)")
+        if self.device is not None and not str(self.device).strip():
+            raise ValueError("--device: empty")
         if self.probe is True:
             self.probe = ProbeConfig()
         elif self.probe is False:
@@ -132,6 +169,51 @@ class RunConfig:
         return d
 
     # ------------------------------------------------------------ derived
+    def seeds(self) -> tuple[int, int, int, int]:
+        """lm-eval's ``--seed``: python ``random``, numpy, torch, few-shot sampling (default 0,1234,1234,1234)."""
+        value = self.random_seed
+        if value is None:
+            return (0, 1234, 1234, 1234)
+        parts = [p.strip() for p in str(value).split(",")]
+        if len(parts) == 1:
+            parts *= 4
+        if len(parts) != 4 or not all(re.fullmatch(r"-?\d+", p) for p in parts):
+            raise ValueError(f"--seed: one whole number or four (random,numpy,torch,fewshot), got {value!r}")
+        return tuple(int(p) for p in parts)  # type: ignore[return-value]
+
+    def seed_everything(self) -> None:
+        """Seed python's ``random``, numpy and (when installed) torch as ``lm_eval --seed`` does."""
+        import random
+
+        import numpy as np
+
+        r, n, t, _ = self.seeds()
+        random.seed(r)
+        np.random.seed(n)
+        try:
+            import torch
+        except ImportError:  # pragma: no cover - the hf extra brings torch
+            return
+        torch.manual_seed(t)
+
+    def lmeval_options(self):
+        """How ``lmeval:`` tasks build their requests (:class:`llmcal.tasks.lmeval.LmevalOptions`)."""
+        from llmcal.tasks.lmeval import LmevalOptions, parse_gen_kwargs
+
+        return LmevalOptions(include_path=tuple(self.include_path), num_fewshot=self.num_fewshot,
+                             system_instruction=self.system_instruction, apply_chat_template=bool(self.chat),
+                             fewshot_as_multiturn=self.fewshot_as_multiturn, fewshot_seed=self.seeds()[3],
+                             gen_kwargs=parse_gen_kwargs(self.gen_kwargs))
+
+    def backend_extra(self) -> dict[str, Any]:
+        """What ``--device`` and ``--batch_size`` add to the model arguments (lm-eval passes them the same way)."""
+        out: dict[str, Any] = {}
+        if self.device:
+            out["device"] = str(self.device)
+        if self.batch_size is not None and str(self.batch_size) != "auto":
+            out["batch_size"] = int(self.batch_size)
+        return out
+
     def calibration_config(self) -> dict[str, Any]:
         """What results.json records of how the run was calibrated."""
         return {"calibrators": list(self.calibrators) or ["temperature"], "cal_fraction": self.cal_fraction, "seed": self.seed,

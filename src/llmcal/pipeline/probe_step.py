@@ -172,5 +172,7 @@ def combine_run(run_dir: str | Path, pc: ProbeConfig, cal_fraction: float | None
         results.setdefault("reliability", {})["combined"] = M.reliability_data(
             np.asarray(confs["combined"]), y, n_bins=n_bins).to_dict()
         results["probe"] = res
+        if res.get("shift") is not None:  # "38% of these questions look unlike your calibration data"
+            results["shift"] = res["shift"]
         write_clean(run_dir, "results.json", results)
     return res

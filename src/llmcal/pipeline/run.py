@@ -44,7 +44,7 @@ def task_kind(config: RunConfig) -> str:
     """``"mc"`` or ``"open"`` for the run's tasks; a mix is refused (one kind a run folder)."""
     from llmcal.tasks.registry import task_kind as kind_of
 
-    kinds = {kind_of(t) for t in config.tasks}
+    kinds = {kind_of(t, config.lmeval_options()) for t in config.tasks}
     if len(kinds) > 1:
         raise ValueError(f"--tasks {','.join(config.tasks)!r}: mixes open-ended and multiple-choice tasks; "
                          "run them separately")
@@ -61,8 +61,9 @@ def backend_args(config: RunConfig) -> dict[str, Any]:
             if config.dtype:
                 margs["dtype"] = config.dtype
             margs.setdefault("dtype", "float32")
-        return parse_backend_args(config.model, "", dtype=None, base=margs)
-    return parse_backend_args(config.model, config.model_args, dtype=config.dtype)
+        return parse_backend_args(config.model, "", dtype=None, base={**config.backend_extra(), **margs})
+    # --device / --batch_size go in as model args (lm-eval's way); model_args' own values win
+    return parse_backend_args(config.model, config.model_args, dtype=config.dtype, base=config.backend_extra())
 
 
 def check_capabilities(config: RunConfig, kind: str) -> None:
@@ -91,7 +92,7 @@ def run_identity(config: RunConfig, margs: dict[str, Any], kind: str) -> dict[st
     out: dict[str, Any] = {
         "name": name,
         "model": config.model,
-        "model_args": {k: v for k, v in sorted(margs.items()) if k not in ("batch_size",)},
+        "model_args": {k: v for k, v in sorted(margs.items()) if k not in ("batch_size", "device")},
         "tasks": list(config.tasks),
         "limit": config.limit,
         "style": config.style,
@@ -104,6 +105,13 @@ def run_identity(config: RunConfig, margs: dict[str, Any], kind: str) -> dict[st
     if kind == "open":
         settings = open_settings(config)
         out.update(kind="open", chat=settings.chat, hidden_layers=[], open_settings=settings.to_dict())
+    if any(t.lower().startswith("lmeval:") for t in config.tasks):
+        # what lm-eval builds the prompts from is part of the run (resuming with other shots is refused)
+        o = config.lmeval_options()
+        out.update(chat=bool(config.chat), lmeval={
+            "include_path": list(o.include_path), "num_fewshot": o.num_fewshot,
+            "system_instruction": o.system_instruction, "fewshot_as_multiturn": o.fewshot_as_multiturn,
+            "fewshot_seed": o.fewshot_seed, "gen_kwargs": [list(kv) for kv in o.gen_kwargs]})
     return out
 
 
@@ -112,7 +120,7 @@ def open_settings(config: RunConfig):
 
     return OpenSettings(families=tuple(config.open_signals), k_samples=config.k_samples,
                         sample_temperature=config.sample_temperature, max_new_tokens=config.max_new_tokens,
-                        chat=config.open_chat, seed=config.seed)
+                        chat=config.open_chat, seed=config.seed, nli_model=config.nli_model)
 
 
 def resolve_layers(spec: list[str], n_layers: int) -> list[int]:
@@ -132,7 +140,7 @@ def load_items(config: RunConfig) -> list:
 
     items = []
     for spec in config.tasks:
-        items.extend(load_task(spec, data_dir=config.data_dir, limit=config.limit))
+        items.extend(load_task(spec, data_dir=config.data_dir, limit=config.limit, lmeval=config.lmeval_options()))
     if not items:
         raise ValueError(f"--tasks {','.join(config.tasks)!r}: no items to score")
     ids = [it.id for it in items]
@@ -175,7 +183,7 @@ def measure_run(config: RunConfig) -> RunDir:
     identity = run_identity(config, margs, kind)
     items = load_items(config)  # every item validated before the model is loaded
     run = run_folder(config, identity)
-    keys = IDENTITY_KEYS + (("open_settings",) if kind == "open" else ())
+    keys = IDENTITY_KEYS + (("open_settings",) if kind == "open" else ()) + (("lmeval",) if "lmeval" in identity else ())
     if config.overwrite:
         run.check_overwrite()  # a folder llmcal did not make is refused before the lock file goes in
     with run.lock():
@@ -186,6 +194,11 @@ def measure_run(config: RunConfig) -> RunDir:
             if not had_config:
                 run.discard_start()
             raise
+        if config.log_samples:  # lm-eval's samples_<task>_<date>.jsonl and results JSON, beside llmcal's
+            from llmcal.pipeline.lmeval_export import write_lmeval_logs
+
+            for path in write_lmeval_logs(run, config).values():
+                _say(config, f"lm-eval log: {path}")
     return run
 
 
@@ -200,6 +213,7 @@ def _measure(run: RunDir, config: RunConfig, kind: str, margs: dict[str, Any], i
         kwargs = {k: v for k, v in margs.items() if k != "batch_size"}
         if config.model == "hf":
             kwargs["max_tokens"] = config.max_tokens
+            kwargs["batch_size"] = margs.get("batch_size")  # --batch_size: items a forward pass at most
         backend = load_backend(config.model, **kwargs)
         if kind == "mc" and "hidden_states" in backend.capabilities:
             backend.set_hidden_layers(resolve_layers(identity["hidden_layers"], backend.n_layers))
@@ -222,8 +236,14 @@ def _measure(run: RunDir, config: RunConfig, kind: str, margs: dict[str, Any], i
 
     if resumed:
         _say(config, f"resuming {run.path}")
+    config.seed_everything()  # lm-eval's --seed: random, numpy, torch
     start = time.perf_counter()
-    if kind == "open":
+    if kind == "open" and any(it.meta.get("lmeval_task") for it in items):
+        from llmcal.pipeline.lmeval_generate import measure_lmeval_generation
+
+        n_new = measure_lmeval_generation(run, items, factory, config, progress=not config.quiet)
+        _say(config, f"answered {n_new} new items in {time.perf_counter() - start:.1f} s ({len(items)} in the run)")
+    elif kind == "open":
         from llmcal.pipeline.measure_open import measure_open
 
         n_new = measure_open(run, items, factory, open_settings(config), progress=not config.quiet)

@@ -343,7 +343,7 @@ class RunDir:
             return
         if not self.path.is_dir():
             raise RunDirError(f"{self.path}: exists and is not a folder")
-        if not any(self.path.iterdir()):
+        if all(p.name == LOCK for p in self.path.iterdir()):  # empty, or only the lock this run holds
             return
         if not self.is_llmcal_folder():
             raise RunDirError(

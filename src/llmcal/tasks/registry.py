@@ -11,7 +11,10 @@ A task spec is one of
 * a path to a ``.jsonl``, ``.json`` or ``.csv`` file in the generic
   (multiple-choice) format;
 * ``hf:<dataset>[:<split>]`` or ``hf:<dataset>:<config>:<split>``, read with
-  Hugging Face ``datasets`` (multiple-choice).
+  Hugging Face ``datasets`` (multiple-choice);
+* ``lmeval:<task>``: any lm-evaluation-harness task (its YAML, through its own
+  ``TaskManager``; ``--include_path`` for local YAML), multiple-choice or
+  ``generate_until`` (:mod:`llmcal.tasks.lmeval`).
 
 Multiple-choice specs load as :class:`~llmcal.core.items.MCItem`, open-ended
 ones as :class:`~llmcal.core.items.OpenItem`; :func:`task_kind` tells which
@@ -239,6 +242,40 @@ def describe_tasks(kind: str | None = None) -> list[dict[str, Any]]:
     return rows
 
 
+#: the task specs that are not registered names, for ``llmcal tasks``: (syntax, kind, what it reads)
+OTHER_SPECS = (
+    ("PATH.jsonl | PATH.json | PATH.csv", "mc", "a file in the generic format: question, choices, answer "
+     "(--fields renames them; a headerless MMLU CSV is detected, header=yes|no declares it)"),
+    ("PATH.jsonl | PATH.csv (no choices)", "open", "an open-ended file: question and answers (or aliases; a CSV "
+     "cell joins them with '|'), graded contains"),
+    ("FOLDER", "mc/open", "every .csv/.jsonl/.json file in it as one task, a subject per file (MMLU's "
+     "<subject>_<split>.csv)"),
+    ("mmlu:PATH | nq_open:PATH | gsm8k:PATH | truthfulqa_gen:PATH", "mc/open",
+     "a registered task read from that file (mmlu: a folder or one subject CSV)"),
+    ("hf:DATASET[:CONFIG]:SPLIT", "mc", "a Hugging Face dataset in the generic format (the [datasets] extra)"),
+    ("lmeval:NAME[,NAME]", "mc/open", "lm-evaluation-harness tasks through its TaskManager (the [lmeval] "
+     "extra; --include_path for local YAML)"),
+)
+
+
+def check_data_dir(data_dir: str | Path | None = None) -> tuple[Path | None, dict[str, list[str]], str | None]:
+    """(the data folder, for each registered task the files it lacks there, why no folder was found).
+
+    ``llmcal tasks --data_dir D`` prints this, so a user sees which tasks will load
+    before starting a run.  Embedded tasks lack nothing.
+    """
+    try:
+        root = resolve_data_dir(data_dir)
+    except TaskError as e:
+        return None, {n: list(t.files) for n, t in TASKS.items() if t.needs_data}, str(e)
+    missing = {}
+    for name, t in TASKS.items():
+        if t.needs_data:
+            missing[name] = [f for f in t.files if not (root / f.rstrip("/")).exists()
+                             or (f.endswith("/") and not (root / f.rstrip("/")).is_dir())]
+    return root, missing, None
+
+
 def _check_kind(kind: str | None) -> None:
     if kind is not None and kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)} or None, got {kind!r}")
@@ -295,6 +332,55 @@ def _hf(spec: str, mapping: Mapping[str, str] | str | None) -> list[MCItem]:
     return load_hf_task(name, split, config=config, mapping=mapping)
 
 
+def split_fields(spec: str) -> tuple[str, str | None]:
+    """``"my.csv[question=sentence,answer=label]"`` -> ``("my.csv", "question=sentence,answer=label")``:
+    a file task's field mapping written after it (what ``--fields`` appends)."""
+    spec = spec.strip()
+    if spec.endswith("]") and "[" in spec:
+        head, _, inner = spec[:-1].partition("[")
+        return head.strip(), inner.strip() or None
+    return spec, None
+
+
+def with_fields(specs: Sequence[str], fields: str) -> tuple[str, ...]:
+    """``--fields``: the mapping written after every file task (``my.csv`` -> ``my.csv[fields]``)."""
+    out = tuple(f"{s}[{fields}]" if _looks_like_path(s) and not _is_registered(s) and split_fields(s)[1] is None
+                else s for s in specs)
+    if out == tuple(specs):
+        raise TaskError(f"--fields {fields!r}: applies to data files (a .jsonl/.json/.csv path or a folder), and "
+                        f"none of the tasks {', '.join(specs)} is one; a registered task has fixed fields")
+    return out
+
+
+#: the file each registered task reads when given a path (``nq_open:/my/nq.jsonl``)
+FILE_READERS: dict[str, Callable[[Path], list[Any]]] = {
+    "nq_open": open_tasks.load_nq_open, "gsm8k": open_tasks.load_gsm8k,
+    "truthfulqa_gen": open_tasks.load_truthfulqa_gen,
+}
+
+
+def _read_given_file(key: str, path_text: str) -> list[Any]:
+    """A registered task read from the file (or, for mmlu, folder or CSV) the spec names."""
+    from llmcal.tasks.formats_public import load_mmlu_csv
+
+    path = Path(path_text).expanduser()
+    if not path.exists():
+        raise TaskError(f"task {key!r}: the file given after the colon does not exist", source=path)
+    if key == "mmlu":
+        if path.is_dir():
+            from llmcal.tasks.formats import load_generic
+
+            return load_generic(path, task="mmlu")
+        return load_mmlu_csv(path)
+    if key not in FILE_READERS:
+        raise TaskError(f"task {key!r} reads only its own data-folder files ({', '.join(TASKS[key].files) or 'embedded'}); "
+                        f"give another file by its path alone (generic format, docs/tasks.md), or use one of "
+                        f"{', '.join(['mmlu', *FILE_READERS])} with a path after the colon", source=path)
+    if path.is_dir():
+        raise TaskError(f"task {key!r}: expected a file after the colon, got a folder", source=path)
+    return FILE_READERS[key](path)
+
+
 def _generic(spec: str, data_dir: str | Path | None, mapping: Mapping[str, str] | str | None) -> list[MCItem]:
     from llmcal.tasks.formats import GENERIC_SUFFIXES, load_generic
 
@@ -307,6 +393,8 @@ def _generic(spec: str, data_dir: str | Path | None, mapping: Mapping[str, str] 
                 break
     if not path.exists():
         raise TaskError("task file not found", source=spec)
+    if path.is_dir():  # a folder of CSV / JSONL files (MMLU's subject files): one task, a subject each
+        return load_generic(path, mapping=mapping)
     if path.suffix.lower() not in GENERIC_SUFFIXES:
         raise TaskError(f"cannot read a {path.suffix or 'suffix-less'} file as a task; "
                         f"use {', '.join(GENERIC_SUFFIXES)} (see docs/tasks.md)", source=path)
@@ -339,20 +427,34 @@ def task_name(spec: str) -> str | None:
     return key if key in TASKS else None
 
 
-def task_kind(spec: str) -> str:
+def task_kind(spec: str, lmeval: Any | None = None) -> str:
     """``"mc"`` or ``"open"``: what :func:`load_task` would return for ``spec``, without reading data.
 
     Files and ``hf:`` datasets are multiple-choice (the generic format); an
-    unknown name raises the same :class:`TaskError` as :func:`load_task`.
+    ``lmeval:`` task is what its YAML's ``output_type`` says (``lmeval`` = its
+    :class:`~llmcal.tasks.lmeval.LmevalOptions`); an unknown name raises the same
+    :class:`TaskError` as :func:`load_task`.
     """
     spec = spec.strip()
     if not spec:
         raise TaskError("empty task spec; known tasks: " + ", ".join(available_tasks()))
+    if spec.lower() in TASK_GROUPS:
+        return "mc"
+    if spec.lower().startswith("lmeval:"):
+        from llmcal.tasks.lmeval import lmeval_kind
+
+        return lmeval_kind(spec, lmeval)
     name = task_name(spec)
     if name is not None:
         return TASKS[name].kind
-    if spec.lower().startswith("hf:") or _looks_like_path(spec):
+    if spec.lower().startswith("hf:"):
         return "mc"
+    path_spec, written = split_fields(spec)
+    if _looks_like_path(path_spec):
+        from llmcal.tasks.formats import generic_kind
+
+        path = Path(path_spec).expanduser()
+        return generic_kind(path, written) if path.exists() else "mc"
     raise _unknown(spec.split("@")[0].split(":")[0].strip())
 
 
@@ -406,6 +508,33 @@ def _wrong_kind(spec: str, key: str | None, kind: str) -> TaskError:
     return TaskError(f"{spec!r} is not an open-ended task; open tasks: {', '.join(available_tasks('open'))}")
 
 
+#: Named task groups (``--tasks mix``): the default calibration mix, the built-in task and every public
+#: multiple-choice set llmcal reads, balanced per task (docs/transfer.md, "A default calibration mix").
+TASK_GROUPS: dict[str, tuple[str, ...]] = {
+    "mix": ("builtin", "arc_easy", "arc_challenge", "sciq", "piqa", "commonsenseqa", "mmlu", "truthfulqa_mc1"),
+}
+#: Items taken from each member of a group when no limit is given.
+GROUP_PER_TASK = 200
+
+
+def _load_group(name: str, data_dir: str | Path | None, limit: int | None, kind: str | None,
+                max_prompt_chars: int | None) -> list[Item]:
+    """A task group, balanced: ``limit`` (default :data:`GROUP_PER_TASK`) items from every member,
+    evenly spaced over each member's file (so MMLU's subjects all appear, not only the first ones)."""
+    if kind == "open":
+        raise _wrong_kind(name, None, "open")
+    n = GROUP_PER_TASK if limit is None else limit
+    items: list[Item] = []
+    for member in TASK_GROUPS[name]:
+        got = load_task(member, data_dir=data_dir, max_prompt_chars=max_prompt_chars)
+        if len(got) < n:
+            raise TaskError(f"task group {name!r}: {member} has {len(got)} items, fewer than the {n} taken from "
+                            f"each member; lower --limit to at most {len(got)} to keep the mix balanced")
+        step = len(got) / n
+        items.extend(got[int(i * step)] for i in range(n))
+    return items
+
+
 def load_task(
     spec: str,
     data_dir: str | Path | None = None,
@@ -414,6 +543,7 @@ def load_task(
     *,
     kind: str | None = None,
     max_prompt_chars: int | None = None,
+    lmeval: Any | None = None,
 ) -> list[MCItem] | list[OpenItem]:
     """The items of one task spec (a name, ``name:split``, ``name@grader``, a file path or ``hf:...``),
     all validated: :class:`MCItem` for a multiple-choice task, :class:`OpenItem` for an open one.
@@ -426,7 +556,10 @@ def load_task(
     (``"mc"`` or ``"open"``) refuses a spec of the other kind before reading
     anything, for callers that handle one kind only.  ``max_prompt_chars``
     (default ``$LLMCAL_MAX_PROMPT_CHARS``, else :data:`MAX_PROMPT_CHARS`) refuses
-    an item whose question and choices are longer, naming it.
+    an item whose question and choices are longer, naming it.  ``lmeval`` holds
+    lm-eval's request options (:class:`~llmcal.tasks.lmeval.LmevalOptions`) for an
+    ``lmeval:`` spec, whose multiple-choice tasks load here; its ``generate_until``
+    tasks are answered through :func:`llmcal.tasks.lmeval.load_lmeval_tasks` instead.
     """
     _check_kind(kind)
     limit_chars = prompt_limit(max_prompt_chars)
@@ -435,14 +568,31 @@ def load_task(
     spec = spec.strip()
     if not spec:
         raise TaskError("empty task spec; known tasks: " + ", ".join(available_tasks()))
-    if spec.lower().startswith("hf:"):
+    if spec.lower() in TASK_GROUPS:
+        return _load_group(spec.lower(), data_dir, limit, kind, max_prompt_chars)
+    if spec.lower().startswith("lmeval:"):
+        from llmcal.tasks.lmeval import load_lmeval_tasks
+
+        if mapping:
+            raise TaskError(f"task {spec!r}: an lm-eval task maps its fields in its YAML, not with a mapping")
+        items = []
+        for t in load_lmeval_tasks(spec, lmeval, limit=limit):
+            if kind is not None and t.kind != kind:
+                raise _wrong_kind(spec, t.name, kind)
+            # generate_until documents are answered by llmcal.pipeline.lmeval_generate, graded by lm-eval
+            items.extend(t.mc_items() if t.kind == "mc" else t.open_items())
+    elif spec.lower().startswith("hf:"):
         if kind == "open":
             raise _wrong_kind(spec, None, "open")
         items: list[Any] = _hf(spec, mapping)
-    elif not _is_registered(spec) and _looks_like_path(spec):
-        if kind == "open":
-            raise _wrong_kind(spec, None, "open")
-        items = _generic(spec, data_dir, mapping)
+    elif not _is_registered(spec) and _looks_like_path(split_fields(spec)[0]):
+        path_spec, written = split_fields(spec)
+        if written and mapping:
+            raise TaskError(f"task {spec!r}: fields given twice (after the path and as a mapping)")
+        items = _generic(path_spec, data_dir, written or mapping)
+        if kind is not None and items and items[0].kind != kind:
+            raise _wrong_kind(spec, path_spec, kind)
+        _check_graders(spec, items)
     else:
         key, extra, grader = _split_name(spec)
         if key not in TASKS:
@@ -460,6 +610,14 @@ def load_task(
                                 f"open tasks: {', '.join(available_tasks('open'))}")
             if grader not in GRADERS:
                 raise TaskError(f"task {spec!r}: unknown grader {grader!r}; graders: {', '.join(GRADERS)}")
+        given = next((i for i, part in enumerate(extra) if part and _looks_like_path(part)), None)
+        if given is not None:
+            items = _read_given_file(key, ":".join(extra[given:]))
+            if grader is not None:
+                items = [replace(it, grader=grader) for it in items]
+            _check_graders(spec, items)
+            check_prompt_length(items, limit_chars, spec)
+            return items if limit is None else items[:limit]
         for part in extra:
             if part and _looks_like_path(part):
                 raise TaskError(f"task {key!r}: {part!r} after the colon looks like a file path; a registered task "
