@@ -426,19 +426,23 @@ def _sqlite_pragmas(dbapi_conn, _record) -> None:
 class QueuedRecorder:
     """Hands answers to a background thread that logs them in batches (serve's ``on_answer``).
 
-    A request never waits for the database.  The thread waits ``linger_s`` after the first answer
-    of a batch so that the ones arriving meanwhile share its commit.  ``flush()`` returns once
+    A request never waits for the database.  The thread waits ``linger_s`` (1 s) after the first
+    answer of a batch so that the ones arriving meanwhile share its commit: SQLAlchemy's cost is
+    per statement, and the writer holds the GIL while it runs, so many small batches showed in the
+    requests' p99 (benchmarks/serve_load.py, docs/serve.md: 50 ms gave p99 +12.6%, 1 s +5.1%).
+    ``flush()`` and ``close()`` cut the wait short.  ``flush()`` returns once
     everything submitted so far is written (or failed); ``close()`` flushes and stops the thread.  A batch that fails is retried
     row by row, so one bad event cannot lose the others; what still fails is counted and logged.
     """
 
-    def __init__(self, answer_log: AnswerLog, max_batch: int = 256, linger_s: float = 0.05) -> None:
+    def __init__(self, answer_log: AnswerLog, max_batch: int = 256, linger_s: float = 1.0) -> None:
         self.log = answer_log
         self.max_batch = int(max_batch)
         self.linger_s = float(linger_s)
         self.written = 0
         self.failed = 0
         self._queue: queue.Queue = queue.Queue()
+        self._hurry = threading.Event()  # flush()/close(): write now, without the linger
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name="llmcal-answer-log", daemon=True)
         self._thread.start()
@@ -457,8 +461,8 @@ class QueuedRecorder:
             if first is None:
                 self._queue.task_done()
                 return
-            if self.linger_s > 0:
-                time.sleep(self.linger_s)  # let a batch gather: one commit (and one GIL hand-off) for many rows
+            if self.linger_s > 0:  # let a batch gather: one commit (and one GIL hand-off) for many rows
+                self._hurry.wait(self.linger_s)
             batch = [first]
             while len(batch) < self.max_batch:
                 try:
@@ -489,7 +493,11 @@ class QueuedRecorder:
                 log.error("llmcal serve: an answer could not be logged: %s", err)
 
     def flush(self) -> None:
-        self._queue.join()
+        self._hurry.set()
+        try:
+            self._queue.join()
+        finally:
+            self._hurry.clear()
 
     def stats(self) -> dict[str, int]:
         return {"written": self.written, "failed": self.failed, "pending": self._queue.qsize()}
@@ -498,4 +506,5 @@ class QueuedRecorder:
         if not self._closed:
             self._closed = True
             self._queue.put(None)
+            self._hurry.set()
             self._thread.join()
