@@ -28,3 +28,29 @@ class Served:
         self.server.should_exit = True
         self.thread.join(10)
         self.sock.close()
+
+
+def headless_chrome(width: int, height: int, *extra_args: str):
+    """Debian's chromium driven headless through selenium at ``width`` x ``height``; the test skips, saying
+    why, where chromium, chromedriver or selenium are missing. The caller quits it."""
+    import shutil
+
+    import pytest
+
+    binary = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not binary or not driver:
+        pytest.skip("headless browser test: Debian's chromium and chromium-driver are not installed "
+                    "(apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="headless browser test: selenium is not installed (pip install selenium)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
+                f"--window-size={width},{height}", *extra_args):
+        opts.add_argument(arg)
+    drv = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
+    drv.set_page_load_timeout(60)
+    return drv

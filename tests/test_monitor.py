@@ -3,7 +3,6 @@ monitor endpoints (serve/feedback_api.py) and the dashboard page in headless Chr
 
 from __future__ import annotations
 
-import shutil
 
 import numpy as np
 import pytest
@@ -244,21 +243,10 @@ from served import Served  # noqa: E402,F401  (tests/ is on sys.path)
 
 @pytest.fixture(scope="module")
 def browser():
-    binary, driver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
-    if not binary or not driver:
-        pytest.skip("headless browser test: Debian's chromium and chromium-driver are not installed")
-    pytest.importorskip("selenium", reason="headless browser test: selenium is not installed")
     pytest.importorskip("uvicorn")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from served import headless_chrome
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--no-first-run",
-                "--window-size=1000,1200"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(executable_path=driver), options=opts)
-    drv.set_page_load_timeout(60)
+    drv = headless_chrome(1000, 1200)
     yield drv
     drv.quit()
 

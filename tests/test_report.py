@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import shutil
 
 import numpy as np
 import pytest
@@ -211,28 +210,11 @@ def test_probe_section_merges_identical_rows_and_names_the_states_it_reads():
 # ------------------------------------------------------------------ in a real browser
 
 
-def _chromium():
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("headless browser test: Debian's chromium and chromium-driver are not installed")
-    pytest.importorskip("selenium", reason="headless browser test: selenium is not installed")
-    return browser, driver
-
-
 @pytest.fixture(scope="module")
 def browser():
-    binary, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from served import headless_chrome  # tests/ is on sys.path
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                f"--window-size={VIEWPORT},900", "--hide-scrollbars"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
-    drv.set_page_load_timeout(60)
+    drv = headless_chrome(VIEWPORT, 900, "--hide-scrollbars")
     yield drv
     drv.quit()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -122,29 +121,11 @@ def test_llmcal_serve_command(tmp_path):
 
 
 # ------------------------------------------------------------------ the browser
-def _chromium():
-    browser = shutil.which("chromium") or shutil.which("chromium-browser")
-    driver = shutil.which("chromedriver")
-    if not browser or not driver:
-        pytest.skip("headless browser test: Debian's chromium and chromium-driver are not installed "
-                    "(apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="headless browser test: selenium is not installed (pip install selenium)")
-    return browser, driver
-
-
 @pytest.fixture(scope="module")
 def browser():
-    binary, driver_path = _chromium()
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
+    from served import headless_chrome
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = binary
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--disable-extensions", "--no-first-run", "--window-size=1000,900"):
-        opts.add_argument(arg)
-    drv = webdriver.Chrome(service=Service(executable_path=driver_path), options=opts)
-    drv.set_page_load_timeout(60)
+    drv = headless_chrome(1000, 900, "--disable-extensions")
     yield drv
     drv.quit()
 

@@ -79,20 +79,26 @@ def same_meaning(a: str, b: str, ea: np.ndarray, eb: np.ndarray,
     return float(np.dot(ea, eb)) >= threshold
 
 
-def cluster_answers(texts: Sequence[str], emb: np.ndarray, threshold: float = SIMILARITY_THRESHOLD) -> np.ndarray:
-    """Cluster ids (n,) for answers ``texts`` with unit-norm embeddings ``emb`` (n, d): each
-    answer joins the first cluster whose founding answer :func:`same_meaning` matches."""
+def cluster_by_founders(n: int, same: Callable[[int, int], bool]) -> np.ndarray:
+    """Cluster ids (n,): answer i joins the first cluster whose founding answer f has ``same(i, f)``,
+    else founds a new one (the greedy clustering of Kuhn et al. 2023, whatever "same meaning" is)."""
     founders: list[int] = []
-    ids = np.empty(len(texts), dtype=np.int64)
-    for i in range(len(texts)):
+    ids = np.empty(n, dtype=np.int64)
+    for i in range(n):
         for c, f in enumerate(founders):
-            if same_meaning(texts[i], texts[f], emb[i], emb[f], threshold):
+            if same(i, f):
                 ids[i] = c
                 break
         else:
             ids[i] = len(founders)
             founders.append(i)
     return ids
+
+
+def cluster_answers(texts: Sequence[str], emb: np.ndarray, threshold: float = SIMILARITY_THRESHOLD) -> np.ndarray:
+    """Cluster ids (n,) for answers ``texts`` with unit-norm embeddings ``emb`` (n, d): each
+    answer joins the first cluster whose founding answer :func:`same_meaning` matches."""
+    return cluster_by_founders(len(texts), lambda i, f: same_meaning(texts[i], texts[f], emb[i], emb[f], threshold))
 
 
 def semantic_entropy_conf(cluster_ids: Sequence[int]) -> float:

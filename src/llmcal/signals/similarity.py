@@ -16,6 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from llmcal.signals.agreement import cluster_by_founders
+
 
 @dataclass(frozen=True)
 class SemanticMatrices:
@@ -71,14 +73,4 @@ def cluster_by_entailment(m: SemanticMatrices) -> np.ndarray:
     both ways)."""
     e, c, n = m.entail, m.contra, m.neutral
     means = (e > c) & (e > n)  # (m, m): i entails j
-    founders: list[int] = []
-    ids = np.empty(len(e), dtype=np.int64)
-    for i in range(len(e)):
-        for k, f in enumerate(founders):
-            if means[i, f] and means[f, i]:
-                ids[i] = k
-                break
-        else:
-            ids[i] = len(founders)
-            founders.append(i)
-    return ids
+    return cluster_by_founders(len(e), lambda i, f: bool(means[i, f] and means[f, i]))
