@@ -134,3 +134,20 @@ def test_clear_removes_only_llmcal_files_and_refuses_a_foreign_folder(tmp_path):
     with pytest.raises(RunDirError, match="not a run folder written by llmcal"):
         foreign.start({"model": "m"}, ["model"], overwrite=True)
     assert {p.name for p in foreign.path.iterdir()} == {"config.json", "model.safetensors"}
+
+
+def test_files_in_a_subfolder_are_in_the_manifest_and_cleared(tmp_path):
+    # lm-eval's logs go to <run>/lmeval/: --overwrite must remove them like any other file llmcal wrote
+    run = RunDir(tmp_path / "r")
+    run.start({"model": "m"}, ["model"])
+    (run.path / "lmeval").mkdir()
+    run.write_text(run.path / "lmeval" / "results_x.json", "{}")
+    manifest = json.loads((run.path / ".llmcal-manifest.json").read_text())
+    assert "lmeval/results_x.json" in manifest["files"]
+    assert "lmeval/results_x.json" in run.clear() and not (run.path / "lmeval").exists()
+    # a user's file beside them stays, and so does the folder holding it
+    (run.path / "lmeval").mkdir()
+    run.write_text(run.path / "lmeval" / "samples_t.jsonl", "")
+    (run.path / "lmeval" / "notes.txt").write_text("mine")
+    run.clear()
+    assert [p.name for p in (run.path / "lmeval").iterdir()] == ["notes.txt"]

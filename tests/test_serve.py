@@ -648,3 +648,18 @@ def test_the_shift_score_reaches_the_confidence_object():
     saved.probe = None
     _, conf = saved.mc(ll, np.array([1, 1, 1]))
     assert "in_distribution" not in Reply("multiple_choice", "a", decide(conf.score, "a"), conf, None).confidence_dict()
+
+
+def test_a_sampled_token_outside_its_alternatives_is_named_from_its_id():
+    from llmcal.serve.answerer import generation_logprobs
+
+    # token 0 is the greedy choice (listed among its alternatives); token 1 was sampled outside them
+    gen = Generation(" Paris.", [7, 9], np.array([-0.1, -4.0]), np.array([0.3, 2.0]),
+                     [[(" Paris", -0.1), (" Lyon", -2.5)], [(" ,", -0.2), ("!", -1.9)]])
+    names = {7: " Paris", 9: "."}
+    got = generation_logprobs(gen, 2, token_text=names.__getitem__)
+    assert [e["token"] for e in got] == [" Paris", "."]
+    assert [e["logprob"] for e in got] == [-0.1, -4.0] and got[1]["bytes"] == [46]
+    assert [t["token"] for t in got[1]["top_logprobs"]] == [" ,", "!"]
+    # without a tokenizer (an API backend that returned no ids) the text is unknown: ""
+    assert [e["token"] for e in generation_logprobs(gen, 2)] == [" Paris", ""]

@@ -763,5 +763,7 @@ def test_tasks_command_lists_every_kind_and_checks_the_data_folder(tmp_path, cap
     assert set(available_tasks()) <= set(rows)  # both kinds
     assert " ready " in rows["nq_open"] and "missing gsm8k_test.jsonl" in rows["gsm8k"]
     assert "embedded" in rows["builtin_open"] and "lmeval:NAME" in out and "FOLDER" in out
+    # the default calibration mix is listed, with the files its members lack in this folder
+    assert "builtin + arc_easy" in rows["mix"] and "missing" in rows["mix"] and "arc_easy_test.jsonl" in rows["mix"]
     assert main(["tasks", "--data_dir", str(tmp_path / "absent")]) == 2
     assert "does not exist" in capsys.readouterr().err

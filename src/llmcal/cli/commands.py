@@ -147,6 +147,13 @@ def cmd_tasks(args: argparse.Namespace) -> int:
         lacks = missing.get(t["name"], [])
         state = "embedded" if t["source"] == "embedded" else ("missing " + ", ".join(lacks) if lacks else "ready")
         print(f"{t['name']:<16} {t['kind']:<5} {state:<14} {t.get('description', '')}".rstrip())
+    from llmcal.tasks.registry import GROUP_PER_TASK, TASK_GROUPS
+
+    print("\ntask groups (balanced: --limit N items from each member, default %d):" % GROUP_PER_TASK)
+    for name, members in TASK_GROUPS.items():
+        lacks = sorted({f for m in members for f in missing.get(m, [])})
+        state = "missing " + ", ".join(lacks) if lacks else "ready"
+        print(f"{name:<16} {'mc':<5} {state:<14} {' + '.join(members)}")
     print("\nother task specs:")
     for syntax, kind, what in OTHER_SPECS:
         print(f"  {syntax}\n      {kind}: {what}")

@@ -358,13 +358,20 @@ class RunDir:
         names = set(m["files"]) if m else set()
         names |= KNOWN_FILES
         removed = []
+        folders = set()
         for name in sorted(names):
-            if name in (LOCK, MANIFEST) or "/" in name or name.startswith(".."):
+            parts = Path(name).parts
+            if name in (LOCK, MANIFEST) or not parts or Path(name).is_absolute() or ".." in parts:
                 continue
             for p in (self.path / name, self.path / (name + ".tmp")):
                 if p.is_file() or p.is_symlink():
                     p.unlink()
-                    removed.append(p.name)
+                    removed.append(p.relative_to(self.path).as_posix())
+            if len(parts) > 1:
+                folders.add(self.path / parts[0])
+        for folder in folders:  # a subfolder llmcal made (lmeval/) goes when nothing of the user's is left in it
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         if m is not None:
             m["files"] = [LOCK]
             atomic_write_bytes(self.manifest_path, json.dumps(m, indent=1).encode(), point="in_manifest_write")
@@ -663,9 +670,19 @@ class RunDir:
 
     def write_bytes(self, path: Path, data: bytes, point: str = "in_json_write") -> None:
         with self.lock():
-            if path.parent.resolve() == self.path.resolve():
-                self._track(path.name)
+            rel = self._inside(path)
+            if rel is not None:
+                self._track(rel)
             atomic_write_bytes(path, data, point=point)
+
+    def _inside(self, path: Path) -> str | None:
+        """``path`` relative to the run folder (``results.json``, ``lmeval/results_<date>.json``), or None
+        for a file outside it, which the manifest does not hold."""
+        try:
+            rel = Path(path).resolve().relative_to(self.path.resolve())
+        except ValueError:
+            return None
+        return rel.as_posix() if rel.parts else None
 
     def track(self, *names: str) -> None:
         """Record files written here by another writer (calibration.json, the probe artifact)."""

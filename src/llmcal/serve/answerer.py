@@ -185,16 +185,20 @@ def mc_logprobs(options: list[str], logprobs: np.ndarray, pred: int, top: int) -
     return [entry]
 
 
-def generation_logprobs(gen, top: int) -> list[dict[str, Any]]:
+def generation_logprobs(gen, top: int, token_text: Callable[[int], str] | None = None) -> list[dict[str, Any]]:
     """A free-form answer's tokens in OpenAI's ``logprobs.content`` shape.
 
     A token's text is found among its step's alternatives by its log-probability (the chosen token is
     one of them whenever it was among the ``top_k`` kept: always, when greedy); a sampled token outside
-    them is listed with the text ``""``."""
+    them is decoded from its id with ``token_text`` (a local model's tokenizer), and only where neither
+    is available (an API backend that returned no ids) listed with the text ``""``."""
     out = []
+    ids = list(getattr(gen, "token_ids", None) or [])
     for i, lp in enumerate(np.asarray(gen.token_logprobs, dtype=np.float64)):
         row = gen.top_logprobs[i] if i < len(gen.top_logprobs) else []
-        text = next((t for t, v in row if abs(float(v) - lp) <= 1e-6 * max(1.0, abs(lp))), "")
+        text = next((t for t, v in row if abs(float(v) - lp) <= 1e-6 * max(1.0, abs(lp))), None)
+        if text is None:
+            text = token_text(ids[i]) if token_text is not None and i < len(ids) else ""
         entry = _token_entry(text, lp)
         entry["top_logprobs"] = [_token_entry(t, v) for t, v in row[:top]]
         out.append(entry)
@@ -221,16 +225,17 @@ def mc_reply(q: Query, options: list[str], logprobs, n_tokens, saved: SavedCalib
 
 def free_form_reply(q: Query, gen, saved: SavedCalibration, thresholds: Thresholds, timing: dict[str, float],
                     usage: dict[str, Any], sample: Callable[[int, float], list[str]],
-                    vocab_size: int | None = None) -> Reply:
+                    vocab_size: int | None = None, token_text: Callable[[int], str] | None = None) -> Reply:
     """A free-form :class:`Reply` from the answer's :class:`~llmcal.core.requests.Generation`.
 
     ``sample(n, temperature)`` draws ``n`` more answers (only called when ``q.samples > 0``);
-    ``vocab_size`` scales ``entropy_conf`` as the open-ended run did.
+    ``vocab_size`` scales ``entropy_conf`` as the open-ended run did; ``token_text(id)`` names a
+    sampled token that is not among its step's alternatives (see :func:`generation_logprobs`).
     """
     from llmcal.signals.generation import token_signals
 
     text = gen.text.strip()
-    usage = {**usage, "logprobs": generation_logprobs(gen, q.top_logprobs) if q.logprobs else None,
+    usage = {**usage, "logprobs": generation_logprobs(gen, q.top_logprobs, token_text) if q.logprobs else None,
              "calibration_version": saved.version, "run": saved.path.name if saved.path else ""}
     if not q.confidence:
         return Reply("free_form", text, None, None, None, timing_ms=timing, **usage)
@@ -422,6 +427,13 @@ class Answerer:
             raise self._bad_output("token log-probabilities that are not finite numbers <= 0")
         return gen
 
+    def _token_text(self) -> Callable[[int], str] | None:
+        """One token id's text, from a local model's tokenizer (None for a backend without one)."""
+        tok = getattr(self.backend, "tokenizer", None)
+        if tok is None or not hasattr(tok, "decode"):
+            return None
+        return lambda token_id: tok.decode([int(token_id)])
+
     def _count_tokens(self, text: str) -> int:
         return self.backend.count_tokens(text) or 0  # an API backend cannot tell: 0, not known
 
@@ -504,4 +516,5 @@ class Answerer:
                                   seed=q.seed + 1, top_k=0, stop=stop)
             return [m.text for m in more]
 
-        return free_form_reply(q, g, served.saved, served.thresholds, timing, usage, sample, self.backend.vocab_size)
+        return free_form_reply(q, g, served.saved, served.thresholds, timing, usage, sample, self.backend.vocab_size,
+                               self._token_text())
