@@ -76,6 +76,21 @@ def combined_on(pool_rf, target_rf, seed: int) -> np.ndarray:
     return f.artifact.predict(target_rf)["combined"]
 
 
+def ece_floor(conf: np.ndarray, n_bins: int = 15, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a *perfectly calibrated* confidence would still show on this many answers: the mean 15-bin
+    ECE when each answer's correctness is drawn from its own confidence (y ~ Bernoulli(p)).
+
+    Binned ECE is biased upward on a finite sample (each bin's accuracy is a binomial estimate), more so
+    the more bins a confidence spreads over; a constant sits in one bin and pays least.  Reading a
+    method's ECE beside its floor says how much of it is miscalibration and how much is sampling noise.
+    """
+    from llmcal import metrics as M
+
+    conf = np.clip(np.asarray(conf, dtype=float), 0.0, 1.0)
+    rng = np.random.default_rng(seed)
+    return float(np.mean([M.ece(conf, (rng.random(len(conf)) < conf).astype(float), n_bins) for _ in range(draws)]))
+
+
 def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -> dict[str, Any]:
     from llmcal.core.split import split_indices
     from llmcal.pipeline.evaluate import metrics_with_ci
@@ -96,10 +111,14 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
     res = evaluate_transfer(cals, pool, tgt, cal_idx, test_idx, adapt=None, extra=extra, in_task=False,
                             n_bootstrap=0, seed=seed)
     const = res["constant"]
-    rows = {"constant": {"ece": const["ece"], "auroc": const["auroc"], "brier": const["brier"]}}
+    test = [tgt[i] for i in test_idx]
+    rows = {"constant": {"ece": const["ece"], "auroc": const["auroc"], "brier": const["brier"],
+                         "ece_floor": ece_floor(np.full(len(test), float(const["confidence"])), seed=seed)}}
     for name, r in res["transferred"].items():
         rows[name] = {k: r[k] for k in ("ece", "auroc", "brier", "beats_constant_ece", "beats_constant_brier")}
-    test = [tgt[i] for i in test_idx]
+        conf = extra[name] if name in extra else cals[name].confidences(test) if name in cals else None
+        if conf is not None:
+            rows[name]["ece_floor"] = ece_floor(conf, seed=seed)
     y = np.array([s.correct for s in test], dtype=float)
     unlabeled = [tgt[i] for i in cal_idx]
     for est in ADAPT_ESTIMATORS:
@@ -118,7 +137,8 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
             rows[f"{name}+{est}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
                                      "beats_constant_ece": m["ece"] < const["ece"],
                                      "beats_constant_brier": m["brier"] < const["brier"],
-                                     "estimated_accuracy": a.info["estimated_accuracy"]}
+                                     "estimated_accuracy": a.info["estimated_accuracy"],
+                                     "ece_floor": ece_floor(a.confidences(test), seed=seed)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from llmcal import metrics as M
@@ -132,11 +152,14 @@ def summarize(cells: dict[str, dict]) -> dict[str, Any]:
     methods = list(next(iter(cells.values()))["rows"])
     for c in cells.values():
         methods += [m for m in c["rows"] if m not in methods]
-    out: dict[str, Any] = {"mean_ece": {}, "mean_auroc": {}, "worse_than_constant_ece": {}, "n_cells": {}}
+    out: dict[str, Any] = {"mean_ece": {}, "mean_auroc": {}, "worse_than_constant_ece": {}, "n_cells": {},
+                           "mean_ece_floor": {}}
     for m in methods:
         vals = [c["rows"][m] for c in cells.values() if m in c["rows"]]
         out["n_cells"][m] = len(vals)
         out["mean_ece"][m] = float(np.mean([v["ece"] for v in vals]))
+        floors = [v["ece_floor"] for v in vals if v.get("ece_floor") is not None]
+        out["mean_ece_floor"][m] = float(np.mean(floors)) if len(floors) == len(vals) else None
         out["mean_auroc"][m] = float(np.nanmean([np.nan if v["auroc"] is None else v["auroc"] for v in vals]))
         if m != "constant":
             out["worse_than_constant_ece"][m] = sorted(t for t, c in cells.items()
@@ -170,10 +193,13 @@ def compact_methods(summary: dict[str, Any], n_adapted: int = 2) -> list[str]:
 
 def means_table(summary: dict[str, Any]) -> str:
     """Every method's mean ECE and AUROC over the targets, and its cells worse than the constant (ECE)."""
-    rows = ["| method | mean ECE | mean AUROC | cells worse than constant (ECE) |", "|---|---:|---:|---|"]
+    rows = ["| method | mean ECE | its floor if calibrated | mean AUROC | cells worse than constant (ECE) |",
+            "|---|---:|---:|---:|---|"]
     for m in sorted(summary["mean_ece"], key=lambda m: summary["mean_ece"][m]):
         worse = summary["worse_than_constant_ece"].get(m)
-        rows.append(f"| {m} | {summary['mean_ece'][m]:.3f} | {summary['mean_auroc'][m]:.3f} | "
+        floor = summary.get("mean_ece_floor", {}).get(m)
+        rows.append(f"| {m} | {summary['mean_ece'][m]:.3f} | {'n/a' if floor is None else f'{floor:.3f}'} | "
+                    f"{summary['mean_auroc'][m]:.3f} | "
                     + ("" if worse is None else f"{len(worse)}" + (f" ({', '.join(worse)})" if worse else "")) + " |")
     return "\n".join(rows)
 

@@ -376,3 +376,34 @@ def test_free_form_transfer_leaves_out_answers_without_the_signal_and_counts_the
     assert a["estimated_accuracy"] == pytest.approx(doc_estimate(
         cals["platt"].confidences(src), [s.correct for s in src], cals["platt"].confidences(unlabeled)))
     assert a["n_unlabeled"] == len(unlabeled)
+
+
+# ------------------------------------------------------------------ the two-sample shift test
+def test_domain_shift_is_chance_on_the_same_distribution_and_near_one_on_another():
+    from llmcal.probe.shift import DomainShift
+
+    rng = np.random.default_rng(0)
+    d = 32
+    same = [rng.normal(size=(300, d)) for _ in range(4)]
+    null = DomainShift.test(*same)
+    assert abs(null.auroc - 0.5) < 0.1 and null.share_unlike < 0.15  # ~5% flagged by construction
+    mean_shift = np.zeros(d)
+    mean_shift[:4] = 1.2  # another domain: a shift in a few directions (Bayes-optimal AUROC 0.955)
+    src_fit, src_test = rng.normal(size=(300, d)), rng.normal(size=(300, d))
+    tgt_fit, tgt_test = rng.normal(size=(300, d)) + mean_shift, rng.normal(size=(300, d)) + mean_shift
+    shifted = DomainShift.test(src_fit, tgt_fit, src_test, tgt_test)
+    assert shifted.auroc > 0.9 and shifted.share_unlike > 0.5
+    assert "look unlike the calibration data" in shifted.verdict() and "AUROC" in shifted.verdict()
+    assert "look like the calibration data" in null.verdict()
+    with pytest.raises(ValueError, match="target_test needs at least 2 rows"):
+        DomainShift.test(src_fit, tgt_fit, src_test, tgt_test[:1])
+
+
+def test_transfer_reports_the_shift_of_the_target_questions(tmp_path):
+    from llmcal.pipeline.transfer import transfer, transfer_table
+
+    run = calibrated_run(tmp_path / "x", n=160, seed=0)
+    res = transfer(run.path, run.path, n_bootstrap=0, write=False).results
+    # the same questions on both sides: the classifier cannot tell them apart
+    assert res["shift"]["method"] == "domain_classifier" and res["shift"]["auroc"] == pytest.approx(0.5)
+    assert "shift: " in transfer_table(res) and "look like the calibration data" in transfer_table(res)

@@ -297,6 +297,10 @@ def transfer_table(res: Mapping[str, Any]) -> str:
         add(f"in-task {n} (target's own labels)", r, flag=False)
     for n, e in res.get("in_task_errors", {}).items():
         lines.append(f"in-task {n}: not fitted ({e})")
+    shift = res.get("shift")
+    if shift:
+        lines.append("")
+        lines.append("shift: " + (shift.get("verdict") or f"not measured ({shift.get('skipped')})"))
     return "\n".join(lines)
 
 
@@ -341,6 +345,25 @@ def _probe_rows(source: RunDir, target: RunDir, test_idx: np.ndarray, n_target: 
     return {"combined": pred["combined"]} if "combined" in pred else {}
 
 
+def _domain_shift(source: RunDir, target: RunDir, source_split: tuple[np.ndarray, np.ndarray],
+                  target_split: tuple[np.ndarray, np.ndarray], seed: int) -> dict[str, Any] | None:
+    """How unlike the source's calibration data the target's questions are (the classifier two-sample
+    test of :class:`llmcal.probe.shift.DomainShift`), when both runs kept hidden states of the same model."""
+    if not (source.hidden_meta_path.exists() and target.hidden_meta_path.exists()):
+        return None
+    from llmcal.probe.features import load_run_features, same_model
+    from llmcal.probe.shift import DomainShift
+
+    src_rf = load_run_features(source.path, compute_fingerprint=False)
+    tgt_rf = load_run_features(target.path, compute_fingerprint=False)
+    why = same_model(src_rf.model, tgt_rf.model)
+    if why:
+        return {"method": "domain_classifier", "skipped": f"the runs' hidden states are not comparable: {why}"}
+    if min(len(source_split[0]), len(source_split[1]), len(target_split[0]), len(target_split[1])) < 2:
+        return {"method": "domain_classifier", "skipped": "too few items in a calibration or test part"}
+    return DomainShift.between(src_rf, source_split, tgt_rf, target_split, seed=seed).to_json()
+
+
 def transfer(source: str | Path, target: str | Path, adapt: str | None = None, *,
              estimator: str | None = None, cal_fraction: float | None = None, seed: int | None = None,
              n_bins: int = 15, n_bootstrap: int = 1000, probe: bool = True, write: bool = True) -> TransferResult:
@@ -361,8 +384,8 @@ def transfer(source: str | Path, target: str | Path, adapt: str | None = None, *
     with src.lock(exclusive=False):
         src_samples = src.read_samples()
     first = cset.primary or next(iter(cset.by_name.values()))
-    s_cal, _ = split_indices([s.task for s in src_samples], float(first.fitted_on.get("cal_fraction", 0.5)),
-                             int(first.fitted_on.get("seed", 0)))
+    s_cal, s_test = split_indices([s.task for s in src_samples], float(first.fitted_on.get("cal_fraction", 0.5)),
+                                  int(first.fitted_on.get("seed", 0)))
     src_cal = [src_samples[i] for i in s_cal]
     with tgt.lock(exclusive=False):
         tgt_samples = tgt.read_samples()
@@ -379,6 +402,10 @@ def transfer(source: str | Path, target: str | Path, adapt: str | None = None, *
                "split": {"seed": seed, "cal_fraction": cal_fraction, "n_cal": int(len(cal_idx)),
                          "n_test": int(len(test_idx))},
                "adapt": adapt, **res}
+    if probe:
+        shift = _domain_shift(src, tgt, (s_cal, s_test), (cal_idx, test_idx), seed)
+        if shift is not None:
+            payload["shift"] = shift
     payload = clean(payload)
     out_path = None
     if write:

@@ -149,3 +149,99 @@ def in_vs_out_auroc(scorer: ShiftScorer, inside: RunFeatures, outside: RunFeatur
     y = np.concatenate([np.zeros(len(a)), np.ones(len(b))])
     order = (s - s.min()) / max(float(s.max() - s.min()), 1e-300)  # AUROC needs values in [0, 1]
     return float(M.auroc(order, y))
+
+
+# ------------------------------------------------------------------ a run against a calibration: the two-sample test
+#: Regularization of the domain classifier (inverse L2 strength, on standardized hidden states).  Chosen
+#: between 0.01 and 0.1 by the mean leave-one-task-out AUROC over the eight multiple-choice tasks
+#: (docs/benchmarks.md, "Under shift"): 0.967 against 0.961.
+DOMAIN_C = 0.01
+
+
+@dataclass
+class DomainShift:
+    """How distinguishable a target run's questions are from the calibration data, as a whole.
+
+    The per-answer :class:`ShiftScorer` must judge one question alone (serve); when a whole target run
+    is at hand -- ``llmcal calibrate TARGET --from SOURCE`` -- its *unlabeled* questions can be used,
+    and the classifier two-sample test (Lopez-Paz & Oquab, ICLR 2017; the "domain classifier" of
+    Rabanser et al., NeurIPS 2019) is far sharper: a logistic regression on the hidden states is
+    trained to tell the source's calibration part from the target's calibration part, and judged on the
+    two *test* parts it never saw.  Its held-out AUROC is ~0.5 when the target is drawn like the
+    source and near 1 when it is another domain.  No label of either run is read.
+
+    ``share_unlike`` is the share of the target's test questions the classifier scores above the
+    ``quantile`` of the source's own test questions (so about 5% of source-like questions are flagged).
+    """
+
+    auroc: float
+    share_unlike: float
+    threshold: float
+    quantile: float
+    n_source: tuple[int, int]  # (fit, judged)
+    n_target: tuple[int, int]
+    position: str
+    layers: list[int]
+    C: float = DOMAIN_C
+
+    @classmethod
+    def test(cls, source_fit: np.ndarray, target_fit: np.ndarray, source_test: np.ndarray, target_test: np.ndarray,
+             *, position: str = DEFAULT_POSITION, layers: Sequence[int] = (), quantile: float = DEFAULT_QUANTILE,
+             C: float = DOMAIN_C, seed: int = 0) -> "DomainShift":
+        """Fit on (n_s, d) ``source_fit`` against (n_t, d) ``target_fit``; judge on the two test blocks."""
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        from llmcal import metrics as M
+
+        blocks = {"source_fit": source_fit, "target_fit": target_fit, "source_test": source_test,
+                  "target_test": target_test}
+        for name, b in blocks.items():
+            if np.ndim(b) != 2 or len(b) < 2:
+                raise ValueError(f"domain shift test: {name} needs at least 2 rows of hidden states, got shape "
+                                 f"{np.shape(b)}")
+        X = np.concatenate([source_fit, target_fit]).astype(np.float64)  # (n_s + n_t, d)
+        y = np.r_[np.zeros(len(source_fit)), np.ones(len(target_fit))]
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=C, max_iter=2000, class_weight="balanced",
+                                                                 random_state=seed))
+        clf.fit(X, y)
+        s_src = clf.predict_proba(np.asarray(source_test, dtype=np.float64))[:, 1]  # (n_s_test,)
+        s_tgt = clf.predict_proba(np.asarray(target_test, dtype=np.float64))[:, 1]  # (n_t_test,)
+        auroc = float(M.auroc(np.r_[s_src, s_tgt], np.r_[np.zeros(len(s_src)), np.ones(len(s_tgt))]))
+        threshold = float(np.quantile(s_src, quantile))
+        return cls(auroc, float(np.mean(s_tgt > threshold)), threshold, float(quantile),
+                   (len(source_fit), len(source_test)), (len(target_fit), len(target_test)), position,
+                   [int(x) for x in layers], float(C))
+
+    @classmethod
+    def between(cls, source: RunFeatures, source_split: tuple[np.ndarray, np.ndarray], target: RunFeatures,
+                target_split: tuple[np.ndarray, np.ndarray], position: str | None = None,
+                layers: Sequence[int] | None = None, **kw: Any) -> "DomainShift":
+        """The test between two runs' features, each with its (calibration, test) split."""
+        position = position or (DEFAULT_POSITION if DEFAULT_POSITION in source.positions else source.positions[0])
+        layers = sorted(int(x) for x in source.model.layers) if layers is None else [int(x) for x in layers]
+
+        def block(rf: RunFeatures, idx: np.ndarray) -> np.ndarray:
+            return hidden_block(rf.subset(np.asarray(idx)), position, layers)
+
+        return cls.test(block(source, source_split[0]), block(target, target_split[0]),
+                        block(source, source_split[1]), block(target, target_split[1]),
+                        position=position, layers=layers, **kw)
+
+    def verdict(self) -> str:
+        """One sentence a user can act on."""
+        if self.auroc >= 0.8:
+            how = "look unlike the calibration data"
+        elif self.auroc >= 0.65:
+            how = "look somewhat unlike the calibration data"
+        else:
+            how = "look like the calibration data"
+        return (f"{self.share_unlike:.0%} of these questions {how} (a classifier tells them apart with AUROC "
+                f"{self.auroc:.2f}; 0.5 = indistinguishable)")
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": "domain_classifier", "auroc": self.auroc, "share_unlike": self.share_unlike,
+                "threshold": self.threshold, "quantile": self.quantile, "n_source": list(self.n_source),
+                "n_target": list(self.n_target), "position": self.position, "layers": list(self.layers),
+                "C": self.C, "verdict": self.verdict()}
