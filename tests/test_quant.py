@@ -421,3 +421,30 @@ def test_quantize_cli_flags_reach_the_recipe_and_bad_combinations_fail_before_wo
     with pytest.raises(ValueError, match="integer zero points"):
         cmd_quantize(parse(["quantize", "--method", "rtn", "--asym", "--float_zero_point", "--export",
                             "--output_path", "/nonexistent/never-written"]))
+
+
+@pytest.mark.parametrize("method", ["rtn", "awq", "gptq"])
+def test_quantizing_a_model_on_onednn_linears_changes_what_it_computes(method):
+    """The backend may run linears on packed oneDNN copies of their weights (backends/fast_linear.py).
+
+    The quantizers write the weights with version-bumping copies, so the packed copies are
+    dropped and the quantized model computes with its quantized weights, exactly as the
+    same quantization of a model on plain F.linear does.
+    """
+    from llmcal.backends.fast_linear import enable_onednn
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    model = tiny_llama(salient=True)
+    xs = samples()
+    plain = copy.deepcopy(model)
+    assert enable_onednn(model) > 0
+    ref = logits(plain, xs)
+    recipe = Recipe(method, QuantArgs(4, "group", 16))
+    quantize_model(model, xs, recipe)
+    quantize_model(plain, xs, recipe)
+    lost = float((logits(plain, xs) - ref).pow(2).mean())  # what W4 does to the logits
+    apart = float((logits(model, xs) - logits(plain, xs)).pow(2).mean())
+    # stale packed weights would compute the float model (apart == lost); oneDNN's round-off can
+    # flip a few roundings, far fewer than the quantization itself
+    assert lost > 0 and apart < 0.05 * lost, (apart, lost)

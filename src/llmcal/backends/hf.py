@@ -31,7 +31,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 
 from llmcal.backends.base import DEFAULT_STOP, Backend, BackendCapabilityError, Messages, as_messages
-from llmcal.backends.model_args import EMBEDDED_GGUF, EMBEDDED_NAME, embedded_model_dir
+from llmcal.backends.model_args import EMBEDDED_GGUF, EMBEDDED_NAME, embedded_model_dir, resolve_alias
 from llmcal.backends.packing import PackedItem, pack_item, tree_mask
 from llmcal.core.requests import Generation, MCRequest, MCScore
 
@@ -184,7 +184,7 @@ class HFBackend(Backend):
 
     name = "hf"
     # "chat_template" only where the tokenizer has one (narrowed per instance)
-    capabilities = frozenset({"score", "generate", "hidden_states", "chat_template"})
+    capabilities = frozenset({"score", "generate", "hidden_states", "chat_template", "score_tokens"})
 
     def __init__(
         self,
@@ -213,6 +213,9 @@ class HFBackend(Backend):
         self.n_layers = int(model.config.num_hidden_layers)
         self.hidden_size = int(model.config.hidden_size)
         self.vocab_size = int(getattr(model.config, "vocab_size", 0) or 0) or None
+        # lm-eval's HFLM sets add_bos_token for Gemma models (they are trained with <bos> first and
+        # score near chance without it); every other model is encoded without special tokens
+        self.add_bos = "gemma" in str(getattr(model.config, "model_type", "")).lower()
         caps = set(type(self).capabilities)
         if not getattr(tokenizer, "chat_template", None):
             caps.discard("chat_template")
@@ -241,6 +244,8 @@ class HFBackend(Backend):
         if not pretrained:
             pretrained, gguf_file = str(embedded_model_dir()), EMBEDDED_GGUF
             name = EMBEDDED_NAME
+        elif (alias := resolve_alias(str(pretrained))) is not None:  # e.g. gemma3-270m
+            pretrained, gguf_file, name = alias
         else:
             name = str(pretrained) + (f" ({gguf_file})" if gguf_file else "")
         import transformers
@@ -390,7 +395,8 @@ class HFBackend(Backend):
 
     # ------------------------------------------------------------ tokenizing
     def _encode(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids
+        bos = self.add_bos and not text.startswith(self.tokenizer.bos_token or "\0")  # a template may hold it
+        return self.tokenizer(text, add_special_tokens=bos).input_ids
 
     def encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
         """lm-eval's ``_encode_pair``: trailing context spaces go to the continuation,
@@ -429,6 +435,26 @@ class HFBackend(Backend):
     ) -> list[MCScore]:
         """Score every request; results come back in request order."""
         return self.score_packed([self.pack(r) for r in requests], progress)
+
+    def score_tokens(self, context: str, token_ids: Sequence[int]) -> np.ndarray:
+        """Per-token ``log p(token_t | context, token_<t)`` of the given token ids, in one forward pass.
+
+        The ids are scored as given (not re-tokenized from text), so the values line up with a
+        generation's own ``token_logprobs`` and ``entropies``: what conditional PMI (van der Poel
+        et al. 2022) needs for the answer scored after another prompt.  Returns (len(token_ids),) float64.
+        """
+        import torch
+
+        ctx, cont = self._encode(context), [int(t) for t in token_ids]
+        if not ctx or not cont:
+            raise ValueError("score_tokens: the context and the continuation need at least one token each")
+        ids = torch.tensor([ctx + cont], dtype=torch.long, device=self.device)  # (1, t)
+        with torch.inference_mode():
+            h = self.model.model(input_ids=ids, use_cache=False).last_hidden_state[0]  # (t, hidden)
+            rows = h[len(ctx) - 1: len(ctx) - 1 + len(cont)]  # (n, hidden): the rows predicting each token
+            logp = torch.log_softmax(self.model.lm_head(rows).float(), dim=-1)  # (n, vocab)
+            lp = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None]).squeeze(1)  # (n,)
+        return lp.double().cpu().numpy()
 
     def score_packed(
         self,

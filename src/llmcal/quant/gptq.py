@@ -182,5 +182,5 @@ def quantize_linear_(linear: torch.nn.Linear, hessian: torch.Tensor, args: Quant
     """Replace ``linear.weight`` by its GPTQ fake-quantized value; return scale and zero point."""
     with torch.no_grad():
         wq, scale, zp = gptq_quantize(linear.weight.data, hessian, args, block_size, act_order, damp)
-        linear.weight.data.copy_(wq)
+        linear.weight.copy_(wq)  # not .data: the copy must bump the version (fast_linear's check)
     return {"scale": scale, "zero_point": zp}

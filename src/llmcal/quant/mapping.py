@@ -18,6 +18,19 @@ Paths are relative to one decoder layer.  Each :class:`Group` names
 A group whose ``prev`` is a linear applies only when its output width equals
 the linears' input width (v -> o is skipped under grouped-query attention,
 where v_proj is narrower than o_proj's input).
+
+A norm ``prev`` computes ``y = (offset + w) * x_hat``: ``offset`` is 0 for
+Llama's RMSNorm and 1 for Gemma's (``Gemma3RMSNorm`` stores ``w`` around 0 and
+multiplies by ``1 + w``), so folding ``1 / s`` into it sets
+``w' = (offset + w) / s - offset`` -- a field of the group, not a subclass.
+
+Gemma 3 (Team Gemma 2025) has four norms a layer: ``input_layernorm`` feeds
+q, k, v; ``post_attention_layernorm`` normalizes the attention *output* before
+the residual add (it feeds no linear, so nothing folds into it, unlike Llama's
+norm of the same name); ``pre_feedforward_layernorm`` feeds gate and up;
+``post_feedforward_layernorm`` normalizes the MLP output.  ``q_norm`` /
+``k_norm`` act on q_proj's / k_proj's outputs per head, after the linears,
+so an input scaling folded into q_proj's columns leaves them unchanged.
 """
 
 from __future__ import annotations
@@ -36,6 +49,7 @@ class Group:
     linears: tuple[str, ...]
     inspect: str
     smooth: bool = True  # SmoothQuant uses this group (AWQ uses all)
+    offset: float = 0.0  # a norm prev computes (offset + w) * x_hat: 0 Llama, 1 Gemma
 
 
 @dataclass(frozen=True)
@@ -50,11 +64,13 @@ class LayerMapping:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "LayerMapping":
         try:
+            offset = float(d.get("norm_offset", 0.0))  # the default of every group's norm
             groups = tuple(Group(g["prev"], tuple(g["linears"]), g.get("inspect", g["linears"][0]),
-                                 bool(g.get("smooth", True))) for g in d.get("groups", []))
+                                 bool(g.get("smooth", True)), float(g.get("offset", offset)))
+                           for g in d.get("groups", []))
             return cls(str(d["name"]), str(d["layers"]), tuple(d["linears"]), groups,
                        tuple(d.get("model_types", ())), tuple(d.get("no_clip", ())))
-        except (KeyError, TypeError, IndexError) as err:
+        except (KeyError, TypeError, IndexError, ValueError) as err:
             raise QuantError("mapping", f"a mapping needs name, layers, linears and groups of "
                              f"{{prev, linears, inspect}} ({err!r})") from err
 
@@ -72,7 +88,7 @@ class LayerMapping:
         return {"name": self.name, "layers": self.layers, "linears": list(self.linears),
                 "model_types": list(self.model_types), "no_clip": list(self.no_clip),
                 "groups": [{"prev": g.prev, "linears": list(g.linears), "inspect": g.inspect,
-                            "smooth": g.smooth} for g in self.groups]}
+                            "smooth": g.smooth, "offset": g.offset} for g in self.groups]}
 
 
 _ATTN = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj")
@@ -93,7 +109,24 @@ LLAMA = LayerMapping(
     no_clip=("self_attn.q_proj", "self_attn.k_proj"),
 )
 
-MAPPINGS: dict[str, LayerMapping] = {t: LLAMA for t in LLAMA.model_types}
+#: Gemma 3 (text; the 270M model is ``gemma3_text``): the MLP reads pre_feedforward_layernorm,
+#: and every norm multiplies by (1 + w).  v -> o applies only without grouped-query attention
+#: (the 270M model has 4 query heads and 1 key-value head, so it is skipped there).
+GEMMA3 = LayerMapping(
+    name="gemma3",
+    layers="model.layers",
+    linears=_ATTN + ("self_attn.o_proj",) + _MLP + ("mlp.down_proj",),
+    groups=(
+        Group("input_layernorm", _ATTN, "self_attn", offset=1.0),
+        Group("self_attn.v_proj", ("self_attn.o_proj",), "self_attn.o_proj", smooth=False),
+        Group("pre_feedforward_layernorm", _MLP, "mlp", offset=1.0),
+        Group("mlp.up_proj", ("mlp.down_proj",), "mlp.down_proj", smooth=False),
+    ),
+    model_types=("gemma3_text",),
+    no_clip=("self_attn.q_proj", "self_attn.k_proj"),
+)
+
+MAPPINGS: dict[str, LayerMapping] = {t: m for m in (LLAMA, GEMMA3) for t in m.model_types}
 
 
 def get_module(root, path: str):
@@ -156,12 +189,13 @@ def input_keys(mapping: LayerMapping) -> dict[str, str]:
     return keys
 
 
-def fold_scales(prev, linears, s) -> None:
+def fold_scales(prev, linears, s, offset: float = 0.0) -> None:
     """Divide ``prev``'s output channel j by s_j and multiply the linears' input column j by it.
 
     The float function is unchanged: ``W (x / s) * s = W x`` (Xiao et al. 2023,
     eq. 3; Lin et al. 2024, sec. 3.2).  ``prev`` is a norm (weight (C,)) or a
-    linear (weight (C, in), bias (C,)).  ``s`` is (C,).
+    linear (weight (C, in), bias (C,)).  ``s`` is (C,).  A norm that computes
+    ``(offset + w) * x_hat`` (Gemma: offset 1) gets ``w' = (offset + w) / s - offset``.
     """
     import torch
 
@@ -169,6 +203,11 @@ def fold_scales(prev, linears, s) -> None:
         if isinstance(prev, torch.nn.Linear):
             prev.weight.div_(s[:, None].to(prev.weight.dtype))  # (C, in)
             if prev.bias is not None:
+                prev.bias.div_(s.to(prev.bias.dtype))
+        elif offset:
+            w = prev.weight.data.double()  # (C,); in float64 so that w' + offset rounds once
+            prev.weight.copy_(((w + offset) / s.double() - offset).to(prev.weight.dtype))
+            if getattr(prev, "bias", None) is not None:
                 prev.bias.div_(s.to(prev.bias.dtype))
         else:
             prev.weight.div_(s.to(prev.weight.dtype))  # (C,)

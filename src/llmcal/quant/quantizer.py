@@ -154,6 +154,7 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
         inputs = capture_first_inputs(model, layers, samples)
         for i, layer in enumerate(layers):
             name = f"{mapping.layers}.{i}"
+            inputs.use_layer(i)  # this layer's mask and position embeddings (sliding / global)
             capture: dict[str, str] = {}
             if recipe.method == "awq":
                 capture = {g.inspect: g.inspect for g in mapping.groups}
@@ -206,7 +207,7 @@ def quantize_model(model, samples: list, recipe: Recipe, mapping: LayerMapping |
                         lin = get_module(layer, path)
                         x = torch.cat([args[0].reshape(-1, lin.in_features) for args, _ in kept[keys[path]]])
                         x = x[torch.randperm(x.shape[0], generator=torch.Generator().manual_seed(seed))[:512]]
-                        lin.weight.data.copy_(awq.search_clip(lin.weight.data, x, recipe.weights,
+                        lin.weight.copy_(awq.search_clip(lin.weight.data, x, recipe.weights,
                                                               recipe.awq_clip_grid))
             kept.clear()
 

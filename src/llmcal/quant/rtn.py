@@ -25,7 +25,7 @@ def quantize_linear_(linear: torch.nn.Linear, args: QuantArgs) -> dict[str, torc
     """Replace ``linear.weight`` by its RTN fake-quantized value; return scale and zero point."""
     with torch.no_grad():
         wq, scale, zp = quantize_weight(linear.weight.data, args)
-        linear.weight.data.copy_(wq)
+        linear.weight.copy_(wq)  # not .data: the copy must bump the version (fast_linear's check)
     return {"scale": scale, "zero_point": zp}
 
 

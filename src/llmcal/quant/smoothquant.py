@@ -32,5 +32,5 @@ def smooth_group(layer, group: Group, act_absmax: torch.Tensor, alpha: float) ->
     """Fold SmoothQuant's scales into ``group``'s prev module and linears; return s (C,)."""
     linears = [get_module(layer, p) for p in group.linears]
     s = smooth_scales(act_absmax, [lin.weight.data.float() for lin in linears], alpha)
-    fold_scales(get_module(layer, group.prev), linears, s)
+    fold_scales(get_module(layer, group.prev), linears, s, group.offset)
     return s

@@ -94,21 +94,40 @@ class LayerInputs:
 
     hidden: list[torch.Tensor]  # each (1, T, hidden)
     kwargs: list[dict] = field(default_factory=list)  # position embeddings, mask, ... per sample
+    # the kwargs of every layer (layer -> sample -> dict): they differ between layers where
+    # layers differ in kind (Gemma 3: sliding-window layers get a banded mask and local RoPE,
+    # every sixth layer the full causal mask and global RoPE); the tensors are shared, not copied
+    layer_kwargs: list[list[dict]] = field(default_factory=list)
+
+    def use_layer(self, i: int) -> None:
+        """Make ``kwargs`` the ones decoder layer ``i`` receives."""
+        if self.layer_kwargs:
+            self.kwargs = self.layer_kwargs[i]
 
 
 def capture_first_inputs(model, layers, samples: list[torch.Tensor]) -> LayerInputs:
-    """Run each sample (1, T) until the first decoder layer and keep what it receives."""
-    got = LayerInputs([], [])
+    """Run each sample (1, T) into the decoder layers; keep the first's input and every layer's kwargs.
 
-    def hook(mod, args, kwargs):
-        h = args[0] if args else kwargs.pop("hidden_states")
-        kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value",
-                                                            "use_cache", "hidden_states")}
-        got.hidden.append(h.detach())
-        got.kwargs.append(kw)
-        raise _Stop
+    Every layer's ``forward`` is replaced for the duration by a stub that records
+    the keyword arguments the model passes it and returns its input unchanged,
+    so the pass costs the embedding only; the last layer's stub stops it.
+    """
+    got = LayerInputs([], [], [[] for _ in layers])
+    drop = ("past_key_values", "past_key_value", "use_cache", "hidden_states")
 
-    handle = layers[0].register_forward_pre_hook(hook, with_kwargs=True)
+    def stub(i):
+        def forward(*args, **kwargs):
+            h = args[0] if args else kwargs["hidden_states"]
+            if i == 0:
+                got.hidden.append(h.detach())
+            got.layer_kwargs[i].append({k: v for k, v in kwargs.items() if k not in drop})
+            if i == len(layers) - 1:
+                raise _Stop
+            return h
+        return forward
+
+    for i, layer in enumerate(layers):
+        layer.forward = stub(i)  # an instance attribute: Module.__call__ finds it first
     try:
         with torch.no_grad():
             for ids in samples:
@@ -117,7 +136,9 @@ def capture_first_inputs(model, layers, samples: list[torch.Tensor]) -> LayerInp
                 except _Stop:
                     pass
     finally:
-        handle.remove()
+        for layer in layers:
+            del layer.forward
+    got.kwargs = got.layer_kwargs[0]
     return got
 
 
