@@ -216,6 +216,10 @@ def _exercise(backend, capability: str) -> None:
         text = backend.apply_chat_template([{"role": "user", "content": "Is the sky blue?"}])
         assert isinstance(text, str) and "Is the sky blue?" in text
         assert backend.apply_chat_template("Is the sky blue?") == text  # a string is one user message
+    elif capability == "score_tokens":
+        (g,) = _gens(backend, PROMPTS[:1], max_new_tokens=3)[0]
+        lp = backend.score_tokens(PROMPTS[0], g.token_ids)
+        assert lp.shape == (len(g.token_ids),) and np.allclose(lp, g.token_logprobs[:len(lp)], atol=1e-4)
     elif capability == "messages":
         (row,) = _gens(backend, [[{"role": "user", "content": "Is the sky blue?"}]], max_new_tokens=2)
         assert len(row) == 1 and len(row[0].token_logprobs) >= 1

@@ -13,21 +13,25 @@ from llmcal.signals.similarity import SemanticMatrices, cluster_by_entailment, f
 WORDS = "paris lyon is the capital of france city a".split()
 
 
-@pytest.fixture(scope="module")
-def tiny_nli(tmp_path_factory):
+def build_tiny_nli(folder, words, seed: int = 0):
+    """A random 1-layer BERT cross-encoder with NLI labels, saved in ``folder`` (no hub)."""
     import torch
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
-    folder = tmp_path_factory.mktemp("tiny-nli")
-    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS) + "\n")
+    (folder / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(words)) + "\n")
     BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=5 + len(words), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                         intermediate_size=32, max_position_embeddings=64, num_labels=3,
                         id2label={0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"},
                         label2id={"CONTRADICTION": 0, "NEUTRAL": 1, "ENTAILMENT": 2})
     BertForSequenceClassification(config).eval().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_nli(tmp_path_factory):
+    return build_tiny_nli(tmp_path_factory.mktemp("tiny-nli"), WORDS, seed=0)
 
 
 def test_probabilities_follow_the_label_names(tiny_nli):

@@ -19,7 +19,7 @@ OPEN_WRITTEN = {"ptrue", "verbalized", "verbalized_percent", "agreement", "seman
 SAMPLED = {"mc_sequence_entropy", "mc_normalized_entropy", "lexsim_rouge_l", "lexsim_bleu", "num_semantic_sets",
            "eigval_laplacian", "degree_matrix", "eccentricity", "kle", "eigenscore", "cocoa_msp", "cocoa_ppl",
            "semantic_density"}  # signals.sampled.sampled_signals
-ESTIMATORS = SAMPLED | {"pmi", "token_sar", "sar"}
+ESTIMATORS = SAMPLED | {"pmi", "token_sar", "sar", "ccp", "cpmi"}
 
 
 def test_every_signal_is_complete():
@@ -139,7 +139,7 @@ def test_estimators_are_registered_with_their_score_convention():
     score = {n: R.SIGNALS[n].score for n in ESTIMATORS}
     assert {n for n, v in score.items() if v == "uncertainty"} == {
         "mc_sequence_entropy", "mc_normalized_entropy", "cocoa_msp", "cocoa_ppl", "token_sar"}
-    assert {n for n, v in score.items() if v == "log_odds"} == {"eigenscore", "pmi", "sar"}
+    assert {n for n, v in score.items() if v == "log_odds"} == {"eigenscore", "pmi", "sar", "cpmi"}
     assert all(R.SIGNALS[n].score == "confidence" for n in TOKEN_SIGNALS)
     assert {R.SIGNALS[n].family for n in SAMPLED} == {"sampled"} and R.SIGNALS["pmi"].cost == "+1 scoring pass"
     assert "sampled" not in R.default_families("open")  # opt-in: the defaults stay what they were
@@ -165,6 +165,7 @@ def test_needs_and_availability_per_backend():
         "approx: entropy from the server's top-k log-probabilities")
     assert R.availability(R.SIGNALS["seq_prob"], api, approximate_entropy=True) == "yes"
     assert R.availability(R.SIGNALS["pmi"], {"generate"}) == "no: the backend cannot score"
+    assert R.availability(R.SIGNALS["cpmi"], hf) == "yes" and "per-token scoring" in R.needs(R.SIGNALS["cpmi"])
     hidden = SignalSpec("h_conf", "open", ("hidden_states",), "free", OWN, "d", family="h")
     assert R.availability(hidden, api) == "no: the backend cannot hidden states"
 
@@ -180,6 +181,8 @@ def test_llmcal_signals_lists_needs_and_what_the_backend_supplies(capsys):
     assert rows["entropy_conf"]["available"].startswith("approx: entropy from the server's top-k")
     assert rows["kle"]["available"].startswith("approx: embeddings in place of an NLI model")
     assert rows["pmi"]["available"] == "yes" and rows["kle"]["score"] == "confidence"
+    # conditional PMI scores the answer's own tokens one by one: a local model can, a server cannot
+    assert rows["cpmi"]["available"] == "no: the backend cannot score tokens"
     assert main(["signals", "--kind", "open", "--model", "hf", "--nli_model", "x"]) == 0
     line = next(x for x in capsys.readouterr().out.splitlines() if x.startswith("kle "))
     assert "samples, embedder, NLI model (or embeddings)" in line and line.endswith("[yes]")

@@ -50,6 +50,7 @@ CAPABILITIES: dict[str, str] = {
     "hidden_states": "hidden states",
     "chat_template": "chat-templated prompts",
     "messages": "answers to whole conversations",
+    "score_tokens": "per-token scores of given token ids",
 }
 
 Message = Mapping[str, str]
@@ -176,6 +177,13 @@ class Backend(abc.ABC):
         """One :class:`MCScore` per request, in request order; ``progress(k)`` after ``k`` more."""
         self.require("score", "scoring multiple-choice options")
         raise NotImplementedError  # pragma: no cover (a backend declaring "score" overrides this)
+
+    def score_tokens(self, context: str, token_ids: Sequence[int]) -> Any:
+        """A (len(token_ids),) float array: ``log p(token_t | context, token_<t)`` of the given ids,
+        scored as given (not re-tokenized): what conditional PMI needs.  A server's API takes text, not
+        ids, so only a local model declares this."""
+        self.require("score_tokens", "per-token scores of an answer's own tokens (conditional PMI)")
+        raise NotImplementedError  # pragma: no cover
 
     def generate(
         self,

@@ -357,6 +357,8 @@ def evaluate(
                                            n_bootstrap, seed, fit_kw)
         results["missing"] = {name: int(np.isnan(conf[name]).sum()) for name in names}
         results["cost"] = _cost(samples)
+        if len(names) >= 2:  # UQLM's tuned ensemble over every recorded signal, beside `combined`
+            _tuned_ensemble(results, conf, correct, cal, test, names, n_bins, n_bootstrap, seed)
         if primary:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
@@ -364,6 +366,32 @@ def evaluate(
             results["serving"] = {"signal": chosen, "calibrator": primary, "cal_auroc": cal_auroc}
             calibrations[primary].fitted_on["cal_auroc"] = cal_auroc
     return clean(results), calibrations
+
+
+def _tuned_ensemble(results: dict[str, Any], conf: dict[str, np.ndarray], correct: np.ndarray, cal: np.ndarray,
+                    test: np.ndarray, names: Sequence[str], n_bins: int, n_bootstrap: int, seed: int) -> None:
+    """``calibrated_test["tuned_ensemble"]``: :class:`llmcal.probe.ensemble.TunedEnsemble` over ``names``,
+    fitted on the calibration part, scored on the test items it covers (its weights in ``params``);
+    why it could not be fitted in ``calibrator_errors`` otherwise."""
+    from llmcal.probe.ensemble import TunedEnsemble
+
+    x = np.stack([conf[n] for n in names], axis=1)  # (n, m), NaN = missing
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ens = TunedEnsemble(names).fit(x[cal], correct[cal])
+            pred = ens.confidence(x[test])
+    except ValueError as err:
+        results["calibrator_errors"]["tuned_ensemble"] = str(err)
+        return
+    ok = ~np.isnan(pred)
+    if ok.sum() < 2:
+        results["calibrator_errors"]["tuned_ensemble"] = "too few test items with any of the ensemble's signals"
+        return
+    with _warnings_off(True):
+        block = metrics_with_ci(pred[ok], correct[test][ok], n_bins, n_bootstrap, seed)
+    block["params"] = {"ensemble": ens.to_dict(), "weights": ens.weights(), "n_test": int(ok.sum())}
+    results["calibrated_test"]["tuned_ensemble"] = block
 
 
 def _constant_baseline(correct: np.ndarray, cal_s: np.ndarray, test_s: np.ndarray, calibrated: Mapping[str, Any],

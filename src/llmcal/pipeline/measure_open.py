@@ -34,7 +34,8 @@ from llmcal.core.items import OpenItem
 from llmcal.tasks import prompts
 from llmcal.tasks.prompts import render, user_message
 
-FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement", "sampled", "pmi", "sar")
+FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement", "sampled", "pmi", "sar", "ccp",
+            "cpmi")
 SAMPLE_FAMILIES = ("agreement", "sampled", "sar")  # the families that read the k sampled answers (helper E)
 DEFAULT_FAMILIES = ("tokens", "ptrue", "verbalized", "agreement")
 
@@ -207,6 +208,12 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
     if "pmi" in s.families:
         _pmi(backend, items, greedy, records, s)
 
+    if "cpmi" in s.families:
+        _cpmi(backend, items, greedy, records, s)
+
+    if "ccp" in s.families:
+        _ccp(greedy, records, nli)
+
     if set(SAMPLE_FAMILIES) & set(s.families):
         t0 = time.perf_counter()
         sampled: list[list[str]] = [[] for _ in items]
@@ -308,6 +315,54 @@ def _pmi(backend, items, greedy, records, s: OpenSettings) -> None:
         full, bare = scores[2 * i], scores[2 * i + 1]
         records[i]["signals"].update(pmi_signal(full.logprobs[0], bare.logprobs[0], int(full.n_tokens[0])))
         records[i]["cost"]["pmi"] = {"seconds": per, "forward_passes": 2, "gen_tokens": 0}
+
+
+def _bare_prompt(backend, item: OpenItem, s: OpenSettings):
+    """The answer prompt with the question removed (PMI's unconditional context)."""
+    from llmcal.tasks.prompts import plain_prompt
+
+    template = backend.apply_chat_template if s.chat and "chat_template" in backend.capabilities else None
+    bare = [{"role": "user", "content": user_message(item).replace(item.question.strip(), "")}]
+    return template(bare) if template else plain_prompt(bare)
+
+
+def _cpmi(backend, items, greedy, records, s: OpenSettings) -> None:
+    """Conditional PMI (signals/pmi): the answer's own tokens scored one by one after the bare prompt
+    (one forward pass per answer); missing on a backend without per-token scoring."""
+    from llmcal.signals.pmi import cpmi_signal
+
+    score = getattr(backend, "score_tokens", None)
+    t0 = time.perf_counter()
+    for i, (it, g) in enumerate(zip(items, greedy)):
+        if score is None:
+            records[i]["missing"].append("cpmi")
+            continue
+        bare = score(_bare_prompt(backend, it, s), g.token_ids) if g.token_ids else []
+        records[i]["signals"].update(cpmi_signal(g.token_logprobs, bare, g.entropies))
+    per = (time.perf_counter() - t0) / len(items)
+    for r in records:
+        r["cost"]["cpmi"] = {"seconds": per, "forward_passes": 1 if score is not None else 0, "gen_tokens": 0}
+
+
+def _ccp(greedy, records, nli) -> None:
+    """Claim-conditioned probability (signals/ccp) from the greedy answer's top-k alternatives, judged by
+    ``nli`` when given, else lexically (``ccp_judged_by`` in the record); missing when a chosen token is
+    not among its step's alternatives (its text is then unknown)."""
+    from llmcal.signals.ccp import ccp_signal
+    from llmcal.signals.sar import token_texts
+
+    t0 = time.perf_counter()
+    for i, g in enumerate(greedy):
+        texts = token_texts(g.token_logprobs, g.top_logprobs) if g.top_logprobs else None
+        if texts is None:
+            records[i]["missing"].append("ccp")
+            continue
+        got = ccp_signal(texts, g.token_logprobs, g.top_logprobs, nli)
+        records[i]["signals"]["ccp"] = got["ccp"]
+        records[i]["ccp_judged_by"] = got["judged_by"]
+    per = (time.perf_counter() - t0) / max(len(greedy), 1)
+    for r in records:
+        r["cost"]["ccp"] = {"seconds": per, "forward_passes": 0, "gen_tokens": 0}
 
 
 def _sample_estimators(greedy, sampled_gens, records, s: OpenSettings, embedder, nli) -> None:

@@ -37,6 +37,7 @@ BUILTIN_MODULES = (
     "llmcal.signals.semantic_density",
     "llmcal.signals.pmi",
     "llmcal.signals.sar",
+    "llmcal.signals.ccp",
 )
 
 #: Every registered signal, by name, in registration order.
@@ -155,7 +156,9 @@ NEEDS: dict[str, tuple[str, str | None]] = {
     "top_logprobs": ("top-k logprobs", "generate"), "samples": ("samples", "generate"),
     "followup_generation": ("follow-up", "generate"), "ptrue_scoring": ("scoring", "score"),
     "bare_scoring": ("scoring", "score"), "hidden_states": ("hidden states", "hidden_states"),
+    "bare_token_scoring": ("per-token scoring", "score_tokens"),
     "embeddings": ("embedder", None), "nli_model": ("NLI model (or embeddings)", None),
+    "nli_judge": ("NLI model (or a lexical judge)", None),
 }
 
 
@@ -185,6 +188,8 @@ def availability(spec: SignalSpec, capabilities: Iterable[str], *, approximate_e
         notes.append("as many alternatives as the server sends")
     if "nli_model" in spec.inputs and not nli_model:
         notes.append("embeddings in place of an NLI model (--nli_model)")
+    if "nli_judge" in spec.inputs and not nli_model:
+        notes.append("a lexical judge in place of an NLI model (--nli_model)")
     return "approx: " + "; ".join(notes) if notes else "yes"
 
 

@@ -18,10 +18,12 @@ report:
   ``ptrue_scoring`` (a True/False scoring pass), ``hidden_states``,
   ``bare_scoring`` (the answer scored after the prompt without its question, for
   PMI), ``nli_model`` (an NLI cross-encoder, ``--nli_model``; without one the
-  estimator falls back to sentence embeddings and says so).
+  estimator falls back to sentence embeddings and says so), ``nli_judge`` (likewise, with a lexical
+  judge as the fallback: claim-conditioned probability).
 * :data:`COSTS`: what it adds on top of answering: ``"free"``,
   ``"+1 scoring pass"``, ``"+1 short generation"``, ``"+k samples"``,
-  ``"+embedder passes"`` (one sentence-embedding pass per answer token).
+  ``"+embedder passes"`` (one sentence-embedding pass per answer token), ``"+NLI passes"``
+  (cross-encoder pairs per answer token with ``--nli_model``; free without one).
 * :data:`SCORES`: what the stored value is.  ``"confidence"``: a confidence in
   [0, 1] as the estimator defines it.  ``"uncertainty"``: the estimator's raw
   score ``u`` is an unbounded uncertainty, ``u >= 0``, lower = more sure (an
@@ -44,8 +46,8 @@ from dataclasses import dataclass
 KINDS = ("mc", "open")
 INPUTS = ("option_logprobs", "option_token_counts", "token_logprobs", "token_entropies", "top_logprobs",
           "samples", "embeddings", "followup_generation", "ptrue_scoring", "hidden_states",
-          "bare_scoring", "nli_model")
-COSTS = ("free", "+1 scoring pass", "+1 short generation", "+k samples", "+embedder passes")
+          "bare_scoring", "bare_token_scoring", "nli_model", "nli_judge")
+COSTS = ("free", "+1 scoring pass", "+1 short generation", "+k samples", "+embedder passes", "+NLI passes")
 SCORES = ("confidence", "uncertainty", "log_odds")
 OWN = "llmcal"  # the citation of a signal that is llmcal's own construction
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
