@@ -1,12 +1,12 @@
 """One side of the paired A/B of the full default free-form signal set (issue #17).
 
-    LLMCAL_THREADS=1 OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/signals_ab.py SRC N OUT.json
+    LLMCAL_THREADS=1 OMP_NUM_THREADS=1 taskset -c 0 .venv/bin/python benchmarks/signals_ab.py SRC N OUT.json [CHUNK]
 
 ``SRC`` is the ``src`` folder of the llmcal to time (a worktree of main for the baseline, this
 checkout's ``src`` for the change); run the two sides one after the other, alternating, under
 the same pinning. Loads the embedded model (fp32), answers 4 warm-up ``builtin_open`` questions,
 then times ``pipeline.measure_open.answer_batch`` (greedy, token family, P(True), verbalized,
-k = 5 agreement + semantic entropy) over the next ``N`` in chunks of 16 as ``llmcal run`` does,
+k = 5 agreement + semantic entropy) over the next ``N`` in chunks of ``CHUNK`` (16, as ``llmcal run`` does),
 and writes the seconds, the load average, the backend's matmul choice and every answer, reply
 and signal to ``OUT.json``, so two sides can be compared item by item.
 """
@@ -16,6 +16,7 @@ import sys
 import time
 
 src, n, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+chunk = int(sys.argv[4]) if len(sys.argv) > 4 else 16
 sys.path.insert(0, src)
 import llmcal  # noqa: E402
 
@@ -36,10 +37,10 @@ embedder = Embedder(None)
 answer_batch(backend, warm, settings, embedder, seed=999)  # warm-up, not timed
 start, cpu = time.perf_counter(), time.process_time()
 records = []
-for lo in range(0, len(items), 16):
-    records += answer_batch(backend, items[lo: lo + 16], settings, embedder, seed=settings.seed + lo)
+for lo in range(0, len(items), chunk):
+    records += answer_batch(backend, items[lo: lo + chunk], settings, embedder, seed=settings.seed + lo)
 seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
-result = {"src": src, "load_s": load_s, "seconds": seconds, "cpu_seconds": cpu_s, "items": len(items),
+result = {"src": src, "chunk": chunk, "load_s": load_s, "seconds": seconds, "cpu_seconds": cpu_s, "items": len(items),
           "items_per_s": len(items) / seconds, "matmul": backend.describe().get("matmul"),
           "loadavg": open("/proc/loadavg").read().split()[:3],
           "predictions": [r.prediction_text for r in records],

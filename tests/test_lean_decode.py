@@ -99,6 +99,24 @@ def test_samples_reproducible_and_from_the_model(backend, monkeypatch):
     assert np.allclose(g.token_logprobs[: len(want)], want, atol=1e-4)
 
 
+def test_sampler_draws_from_the_tempered_distribution():
+    """The lean loop's sampler: frequencies of 40,000 draws match softmax(logits / T) within 4.5
+    standard errors, a zero-probability token is never drawn, and a seed reproduces the draws."""
+    from llmcal.backends.lean_decode import sample_rows
+
+    logits = torch.tensor([2.0, 1.0, 0.0, -1.0, float("-inf"), 0.5])  # (vocab,)
+    t, n = 0.8, 40000
+    want = torch.softmax(logits / t, dim=-1).double()
+    draws = sample_rows(logits.expand(n, -1), t, torch.Generator().manual_seed(1))  # (n,)
+    freq = torch.bincount(draws, minlength=len(logits)).double() / n
+    assert freq[4] == 0
+    se = (want * (1 - want) / n).sqrt()
+    assert torch.all((freq - want).abs() <= 4.5 * se + 1e-12)
+    again = sample_rows(logits.expand(n, -1), t, torch.Generator().manual_seed(1))
+    other = sample_rows(logits.expand(n, -1), t, torch.Generator().manual_seed(2))
+    assert torch.equal(draws, again) and not torch.equal(draws, other)
+
+
 def test_prompt_cache_and_fork_reuse_the_prefill(backend, monkeypatch):
     from llmcal.backends.hf_generation import generate_hf
     from llmcal.backends.lean_decode import prompt_cache
@@ -114,13 +132,19 @@ def test_prompt_cache_and_fork_reuse_the_prefill(backend, monkeypatch):
     fresh = _generate(backend, monkeypatch, "lean", max_new_tokens=8, temperature=0.8, n=3, seed=5)
     _same(sampled, fresh)  # reused cache = a fresh prefill
     _same(greedy, _generate(backend, monkeypatch, "generate", max_new_tokens=8))
+    monkeypatch.setenv("LLMCAL_DECODE", "lean")
+    store = prompt_cache(backend)
+    generate_hf(backend, _prompts(), max_new_tokens=8)
+    store.forget_prompts()  # the benchmarks' reset after a warm-up: prompts go, the shared prefix stays
+    assert not store.prompts and store._bytes == 0 and len(store.prefixes) == 1
     with torch.no_grad():  # changed weights empty the cache
         backend.model.lm_head.weight.mul_(1.0)
     assert not prompt_cache(backend).prompts
 
 
 def test_follow_up_prompts_reuse_the_earlier_prompt(backend, monkeypatch):
-    """A follow-up that begins with an earlier prompt (the verbalized question) prefills only what follows it."""
+    """A follow-up that quotes an earlier prompt and its greedy answer (the verbalized question)
+    prefills only what follows the answer's tokens, with the numbers of a fresh prefill."""
     from llmcal.backends.hf_generation import generate_hf
     from llmcal.backends.lean_decode import _known_part, prompt_cache
 
@@ -129,8 +153,15 @@ def test_follow_up_prompts_reuse_the_earlier_prompt(backend, monkeypatch):
     def ids(text):
         return backend.tokenizer(text, add_special_tokens=False).input_ids
 
-    for p, f in zip(_prompts(), follow):
-        assert _known_part(prompt_cache(backend), ids(f))[0] == len(ids(p))
+    beyond = 0
+    for p, f, g in zip(_prompts(), follow, first):
+        known = _known_part(prompt_cache(backend), ids(f))[0]
+        answer = g[0].token_ids
+        assert known >= len(ids(p))
+        if answer and ids(p + g[0].text) == ids(p) + answer:  # the quoted answer tokenizes as generated:
+            assert known >= len(ids(p)) + len(answer) - 1  # all but (at most) its last token are reused
+            beyond += 1
+    assert beyond >= 1  # the case was exercised
     lean = generate_hf(backend, follow, max_new_tokens=8)
     monkeypatch.setenv("LLMCAL_DECODE", "generate")
     _same(generate_hf(backend, follow, max_new_tokens=8), lean)
@@ -208,6 +239,31 @@ def test_onednn_falls_back_when_weights_change(backend):
         fast_linear.disable_onednn(model)
 
 
+def test_a_model_on_onednn_can_be_deep_copied_and_the_copy_is_exact(backend):
+    """Quantization, post-training and the exports deep-copy a loaded model: oneDNN's packed weights
+    cannot be copied, so the copy runs on the default path (and its in-place changes take effect)."""
+    import copy
+
+    from llmcal.backends import fast_linear
+
+    model = backend.model
+    ids = torch.tensor([[3, 5, 7, 9, 11, 13]])
+    fast_linear.enable_onednn(model)
+    try:
+        twin = copy.deepcopy(model)
+        with torch.inference_mode():
+            a, b = model(ids).logits, twin(ids).logits
+        assert float((a - b).abs().max()) <= 1e-4
+        lin = twin.model.layers[0].mlp.down_proj
+        x = torch.randn(2, lin.in_features)
+        with torch.no_grad():
+            lin.weight.mul_(0.5)  # the copy's own change is what it computes with
+            assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight))
+        assert fast_linear.onednn_enabled(model)  # the original keeps its packed weights
+    finally:
+        fast_linear.disable_onednn(model)
+
+
 @pytest.mark.slow
 def test_embedded_model_lean_equals_generate(embedded_backend, monkeypatch):
     """The real model, real chat prompts: the lean loop's greedy answers are ``generate``'s."""
@@ -224,6 +280,31 @@ def test_embedded_model_lean_equals_generate(embedded_backend, monkeypatch):
         got[path] = generate_hf(b, prompts, max_new_tokens=16, stop=("\n",))
     _same(got["generate"], got["lean"])
     assert all(g[0].text for g in got["lean"])
+
+
+@pytest.mark.slow
+def test_embedded_model_verbalized_follow_up_reuses_the_answer(embedded_backend, monkeypatch):
+    """The verbalized follow-up (chat template, the greedy answer quoted) prefills from after the
+    answer's tokens, and its replies and log-probs are those of a fresh ``generate``."""
+    from llmcal.backends.hf_generation import generate_hf
+    from llmcal.backends.lean_decode import _known_part, prompt_cache
+    from llmcal.signals.verbalized import SCALES
+
+    b = embedded_backend
+    questions = ("What is the capital of France?", "Who wrote Hamlet?", "Name the largest planet.")
+    monkeypatch.setenv("LLMCAL_DECODE", "lean")
+    prompt_cache(b).clear()
+    answers = generate_hf(b, [b.apply_chat_template(q) for q in questions], max_new_tokens=16, stop=("\n",))
+    follow = [b.apply_chat_template([{"role": "user", "content": q}, {"role": "assistant", "content": g[0].text},
+                                     {"role": "user", "content": SCALES["1-10"]}]) for q, g in zip(questions, answers)]
+    ids = [b.tokenizer(f, add_special_tokens=False).input_ids for f in follow]
+    prompt_len = [len(b.tokenizer(b.apply_chat_template(q), add_special_tokens=False).input_ids) for q in questions]
+    known = [_known_part(prompt_cache(b), x)[0] for x in ids]
+    assert all(k >= p for k, p in zip(known, prompt_len))
+    assert sum(k >= p + len(g[0].token_ids) - 1 for k, p, g in zip(known, prompt_len, answers)) >= 1
+    lean = generate_hf(b, follow, max_new_tokens=12, stop=("\n",))
+    monkeypatch.setenv("LLMCAL_DECODE", "generate")
+    _same(generate_hf(b, follow, max_new_tokens=12, stop=("\n",)), lean)
 
 
 def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_path):
@@ -243,3 +324,11 @@ def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_pat
     stored = json.loads((tmp_path / "cache" / "matmul_probe.json").read_text())
     (key, entry), = stored.items()
     assert "torch" in key and set(entry) == {"t_default", "t_onednn", "flops"}
+    # VMs of two CPU generations can share a "model name" ("AMD EPYC" on Zen 3 and on Zen 5):
+    # the key names the family, model and vector extensions, so one's timings are not read on the other
+    assert " family " in key and " model " in key
+    try:
+        flags = next(ln for ln in open("/proc/cpuinfo") if ln.startswith("flags")).split()
+    except (OSError, StopIteration):
+        flags = []
+    assert all(f in key.split("|")[0].split() for f in flags if f.startswith("avx"))

@@ -23,8 +23,9 @@ def test_embedded_group_sizes_and_w8_rtn(embedded_backend):
     assert check_inputs(model, Recipe("awq", QuantArgs(4, "group", 64)), None).name == "llama"
     n = torch.get_num_threads()
     torch.set_num_threads(1)
+    q = None
     try:
-        q = copy.deepcopy(model)
+        q = copy.deepcopy(model)  # also with oneDNN's packed weights (backends/fast_linear._Packed)
         res = quantize_model(q, [torch.tensor([[1, 2, 3]])], Recipe("rtn", QuantArgs(8, "channel", None)))
         assert len(res.weights) == 30 * 7
         ids = embedded_backend.tokenizer("Question: What gas do plants take in?\nAnswer:",

@@ -70,6 +70,19 @@ def _linears(model) -> list:
             if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
 
 
+class _Packed(dict):
+    """A layer's packed oneDNN weight and what it was packed from.
+
+    oneDNN's blocked tensors cannot be deep-copied ("Cannot access storage of OpaqueTensorImpl"), and
+    quantization, post-training and the exports all ``copy.deepcopy`` a loaded model: a copy gets a
+    stale entry instead (no packed weight, a pointer no tensor has), so the copied layer runs on
+    torch's default path, exactly, until it is switched on again with :func:`enable_onednn`.
+    """
+
+    def __deepcopy__(self, memo):
+        return _Packed(weight=None, bias=None, version=-1, ptr=-1, bias_ptr=-1)
+
+
 def _onednn_forward(self, x):
     """``F.linear`` through oneDNN on the packed weight; the default path whenever that is not exact."""
     import torch
@@ -94,13 +107,13 @@ def enable_onednn(model) -> int:
     layers = _linears(model)
     with torch.no_grad():
         for m in layers:
-            m._llmcal_onednn = {
+            m._llmcal_onednn = _Packed({
                 "weight": m.weight.detach().to_mkldnn(),  # (out, in), oneDNN's blocked layout
                 "bias": None if m.bias is None else m.bias.detach().to_mkldnn(),
                 "version": m.weight._version,  # changed in place since packing: fall back
                 "ptr": m.weight.data_ptr(),  # replaced since packing: fall back
                 "bias_ptr": None if m.bias is None else m.bias.data_ptr(),
-            }
+            })
             m.forward = types.MethodType(_onednn_forward, m)
     return len(layers)
 
@@ -196,9 +209,17 @@ def _machine_key(model) -> str:
     import torch
 
     cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    try:  # a VM's "model name" can be the same for CPU generations (both "AMD EPYC" on Zen 3 and Zen 5):
+        with open("/proc/cpuinfo") as f:  # the family, model and vector extensions tell them apart
+            fields: dict[str, str] = {}
+            for ln in f:
+                if not ln.strip():
+                    break  # the first processor's block is enough
+                name, _, value = ln.partition(":")
+                fields[name.strip()] = value.strip()
+        vector = sorted(x for x in fields.get("flags", "").split() if x.startswith(("avx", "amx")))
+        cpu = (f"{fields.get('model name', cpu)} family {fields.get('cpu family', '?')} "
+               f"model {fields.get('model', '?')} {' '.join(vector)}")
     except OSError:
         pass
     shapes = sorted({tuple(m.weight.shape) for m in _linears(model)})
