@@ -46,7 +46,7 @@ def shift_score(run_dirs: list[str]) -> int:
 
     from llmcal.probe.features import concat_features, load_run_features
     from llmcal.probe.protocol import split
-    from llmcal.probe.shift import ShiftScorer, hidden_block, in_vs_out_auroc
+    from llmcal.probe.shift import ShiftScorer, in_vs_out_auroc
     from llmcal.signals.density import METHODS
 
     warnings.simplefilter("ignore")
@@ -72,21 +72,18 @@ def shift_score(run_dirs: list[str]) -> int:
     # against the pool's, judged on both test parts; the null control splits the pool itself in two
     from llmcal.probe.shift import DomainShift
 
-    def blk(idx):
-        return hidden_block(pool.subset(idx), "last_prompt", sorted(pool.model.layers))
-
     auc, share = {}, {}
     for t in tasks:
         ci, ti = cal[pool.tasks[cal] != t], cal[pool.tasks[cal] == t]
         cs, ts = test[pool.tasks[test] != t], test[pool.tasks[test] == t]
-        d = DomainShift.test(blk(ci), blk(ti), blk(cs), blk(ts))
+        d = DomainShift.between(pool, (ci, cs), pool, (ti, ts))
         auc[t], share[t] = d.auroc, d.share_unlike
     print(f"domain classifier (run level, C={DomainShift.__dataclass_fields__['C'].default}): mean AUROC "
           f"{np.mean(list(auc.values())):.3f} (min {min(auc.values()):.3f}); flagged out {np.mean(list(share.values())):.1%}; "
           + json.dumps({k: round(v, 3) for k, v in auc.items()}))
     rng = np.random.default_rng(0)
     half_c, half_t = rng.random(len(cal)) < 0.5, rng.random(len(test)) < 0.5
-    d = DomainShift.test(blk(cal[half_c]), blk(cal[~half_c]), blk(test[half_t]), blk(test[~half_t]))
+    d = DomainShift.between(pool, (cal[half_c], test[half_t]), pool, (cal[~half_c], test[~half_t]))
     print(f"domain classifier null control (the pool against itself): AUROC {d.auroc:.3f}, flagged {d.share_unlike:.1%}")
     sc = ShiftScorer.fit(pool.subset(cal))
     rows = pool.hidden[test]

@@ -137,7 +137,7 @@ def test_llmcal_signals_lists_ccp_and_cpmi(capsys):
 class _Backend:
     """Fixed greedy answer " Paris" / "." with top-k alternatives; per-token scoring after the bare prompt."""
 
-    capabilities = frozenset({"generate", "score"})
+    capabilities = frozenset({"generate", "score", "score_tokens"})
     vocab_size = 100
 
     def __init__(self):
@@ -169,8 +169,8 @@ def test_answer_batch_writes_ccp_and_cpmi():
     assert decode(rec.signals["cpmi"], "log_odds") == pytest.approx((L(0.4) + L(0.6)) / 2)
     assert "capital" not in be.contexts[0] and rec.cost["cpmi"]["forward_passes"] == 1
 
-    class _NoTokens(_Backend):
-        score_tokens = None
+    class _NoTokens(_Backend):  # a backend that does not declare per-token scoring (a server's)
+        capabilities = frozenset({"generate", "score"})
 
     (rec2,) = answer_batch(_NoTokens(), [item], OpenSettings(families=("tokens", "cpmi")))
     assert "cpmi" in rec2.missing and "cpmi" not in rec2.signals

@@ -107,10 +107,8 @@ class PromptCache:
         self.new_answers()
 
     def clear(self) -> None:
-        self.prompts.clear()
+        self.forget_prompts()
         self.prefixes.clear()
-        self._bytes = 0
-        self.new_answers()
         self.hits = self.misses = 0
 
 

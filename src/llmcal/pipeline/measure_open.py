@@ -305,9 +305,9 @@ def _pmi(backend, items, greedy, records, s: OpenSettings) -> None:
     reqs = []
     for it, g in zip(items, greedy):
         full = [{"role": "user", "content": user_message(it)}]
-        bare = [{"role": "user", "content": user_message(it).replace(it.question.strip(), "")}]
-        for m in (full, bare):
-            reqs.append(MCRequest(template(m) if template else plain_prompt(m), (g.text or " ",)))
+        answer = (g.text or " ",)
+        reqs += [MCRequest(template(full) if template else plain_prompt(full), answer),
+                 MCRequest(_bare_prompt(backend, it, s), answer)]
     t0 = time.perf_counter()
     scores = backend.score_mc(reqs)
     per = (time.perf_counter() - t0) / len(items)
@@ -331,17 +331,17 @@ def _cpmi(backend, items, greedy, records, s: OpenSettings) -> None:
     (one forward pass per answer); missing on a backend without per-token scoring."""
     from llmcal.signals.pmi import cpmi_signal
 
-    score = getattr(backend, "score_tokens", None)
+    can = "score_tokens" in backend.capabilities  # Backend.score_tokens refuses where it is not declared
     t0 = time.perf_counter()
     for i, (it, g) in enumerate(zip(items, greedy)):
-        if score is None:
+        if not can:
             records[i]["missing"].append("cpmi")
             continue
-        bare = score(_bare_prompt(backend, it, s), g.token_ids) if g.token_ids else []
+        bare = backend.score_tokens(_bare_prompt(backend, it, s), g.token_ids) if g.token_ids else []
         records[i]["signals"].update(cpmi_signal(g.token_logprobs, bare, g.entropies))
     per = (time.perf_counter() - t0) / len(items)
     for r in records:
-        r["cost"]["cpmi"] = {"seconds": per, "forward_passes": 1 if score is not None else 0, "gen_tokens": 0}
+        r["cost"]["cpmi"] = {"seconds": per, "forward_passes": 1 if can else 0, "gen_tokens": 0}
 
 
 def _ccp(greedy, records, nli) -> None:

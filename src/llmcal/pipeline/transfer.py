@@ -329,16 +329,28 @@ def _check_compatible(cset: CalibrationSet, cal_path: Path, target: RunDir, targ
                              f"{target.config_path} has {why}")
 
 
-def _probe_rows(source: RunDir, target: RunDir, test_idx: np.ndarray, n_target: int) -> dict[str, np.ndarray]:
+def _features(run: RunDir, loaded: dict[Path, Any]):
+    """``run``'s probe features, read once per transfer (the probe rows and the shift test both need the
+    target's), or None when it kept no hidden states."""
+    if not run.hidden_meta_path.exists():
+        return None
+    if run.path not in loaded:
+        from llmcal.probe.features import load_run_features
+
+        loaded[run.path] = load_run_features(run.path, compute_fingerprint=False)
+    return loaded[run.path]
+
+
+def _probe_rows(source: RunDir, target: RunDir, test_idx: np.ndarray, n_target: int,
+                loaded: dict[Path, Any]) -> dict[str, np.ndarray]:
     """The source's ``combined`` on the target's test part, when both folders allow it (else {})."""
     probe_json = source.path / "probe.json"
     if not probe_json.exists() or not target.hidden_meta_path.exists():
         return {}
     from llmcal.probe.artifact import ProbeArtifact
-    from llmcal.probe.features import load_run_features
 
     art = ProbeArtifact.load(probe_json)
-    rf = load_run_features(target.path, compute_fingerprint=False)
+    rf = _features(target, loaded)
     if len(rf) != n_target:
         raise ValueError(f"{target.path}: {len(rf)} items with features but {n_target} samples")
     pred = art.predict(rf.subset(test_idx))  # check_model refuses another model's activations
@@ -346,16 +358,16 @@ def _probe_rows(source: RunDir, target: RunDir, test_idx: np.ndarray, n_target: 
 
 
 def _domain_shift(source: RunDir, target: RunDir, source_split: tuple[np.ndarray, np.ndarray],
-                  target_split: tuple[np.ndarray, np.ndarray], seed: int) -> dict[str, Any] | None:
+                  target_split: tuple[np.ndarray, np.ndarray], seed: int,
+                  loaded: dict[Path, Any]) -> dict[str, Any] | None:
     """How unlike the source's calibration data the target's questions are (the classifier two-sample
     test of :class:`llmcal.probe.shift.DomainShift`), when both runs kept hidden states of the same model."""
     if not (source.hidden_meta_path.exists() and target.hidden_meta_path.exists()):
         return None
-    from llmcal.probe.features import load_run_features, same_model
+    from llmcal.probe.features import same_model
     from llmcal.probe.shift import DomainShift
 
-    src_rf = load_run_features(source.path, compute_fingerprint=False)
-    tgt_rf = load_run_features(target.path, compute_fingerprint=False)
+    src_rf, tgt_rf = _features(source, loaded), _features(target, loaded)
     why = same_model(src_rf.model, tgt_rf.model)
     if why:
         return {"method": "domain_classifier", "skipped": f"the runs' hidden states are not comparable: {why}"}
@@ -393,7 +405,8 @@ def transfer(source: str | Path, target: str | Path, adapt: str | None = None, *
         raise ValueError(f"{tgt.samples_path}: {len(tgt_samples)} samples; need at least 4 to split")
     cal_fraction, seed = split_defaults(tgt.path, cal_fraction, seed)
     cal_idx, test_idx = split_indices([s.task for s in tgt_samples], cal_fraction, seed)
-    extra = _probe_rows(src, tgt, test_idx, len(tgt_samples)) if probe else {}
+    loaded: dict[Path, Any] = {}  # run folder -> its features, read at most once
+    extra = _probe_rows(src, tgt, test_idx, len(tgt_samples), loaded) if probe else {}
     res = evaluate_transfer(cset.by_name, src_cal, tgt_samples, cal_idx, test_idx, adapt=adapt,
                             estimator=estimator, extra=extra, n_bins=n_bins, n_bootstrap=n_bootstrap, seed=seed)
     payload = {"source": str(src.path), "target": str(tgt.path), "kind": cset.kind, "primary": cset.primary_name,
@@ -403,7 +416,7 @@ def transfer(source: str | Path, target: str | Path, adapt: str | None = None, *
                          "n_test": int(len(test_idx))},
                "adapt": adapt, **res}
     if probe:
-        shift = _domain_shift(src, tgt, (s_cal, s_test), (cal_idx, test_idx), seed)
+        shift = _domain_shift(src, tgt, (s_cal, s_test), (cal_idx, test_idx), seed, loaded)
         if shift is not None:
             payload["shift"] = shift
     payload = clean(payload)
