@@ -170,3 +170,39 @@ def test_calibration_text_keeps_the_bos_the_tokenizer_prepends():
     assert tokenize(Tok([2], []), ["abc"])[0].tolist() == [[2, 97, 98, 99]]
     assert tokenize(Tok([], [1]), ["abc"])[0].tolist() == [[97, 98, 99]]  # an appended end token is dropped
     assert tokenize(Tok([], []), ["abc"], seq_len=2)[0].tolist() == [[97, 98]]
+
+
+@pytest.mark.parametrize("recipe", [
+    Recipe("awq", QuantArgs(4, "group", 16), awq_grid=4, awq_clip_grid=4),
+    Recipe("gptq", QuantArgs(4, "group", 16)),
+    Recipe("smoothquant", QuantArgs(8, "channel", None), QuantArgs(8, "channel", None, dynamic=True)),
+], ids=["awq-w4", "gptq-w4", "smoothquant-w8a8"])
+def test_a_gemma3_export_reloads_in_transformers_and_in_llmcal(tmp_path, recipe):
+    """The round trip of issue 18 on the second architecture: the compressed-tensors folder of a quantized
+    Gemma 3 reloads in plain transformers with the simulated model's logits, and ``llmcal`` scores it
+    through its own backend as it scores the simulated model (within 1e-4, fp32)."""
+    pytest.importorskip("compressed_tensors")
+    import numpy as np
+
+    from llmcal.backends import load_backend
+    from llmcal.backends.hf import HFBackend
+    from llmcal.core.requests import MCRequest
+    from llmcal.posttrain.tiny import tiny_tokenizer
+    from llmcal.quant.export import export_compressed, load_compressed
+
+    model = tiny_gemma3()
+    xs = samples(6)
+    q = copy.deepcopy(model)
+    res = quantize_model(q, xs, recipe)
+    tok = tiny_tokenizer()
+    out = export_compressed(q, res, tmp_path / "export", tokenizer=tok)
+    reloaded = load_compressed(out, via="transformers")
+    assert type(reloaded).__name__ == "Gemma3ForCausalLM"
+    diff = float((logits(reloaded, xs) - logits(q, xs)).abs().max())
+    assert diff <= 1e-4, diff
+    assert float((logits(model, xs) - logits(q, xs)).abs().max()) > 1e-3  # the quantization is real
+    reqs = [MCRequest("Question: abc?\nAnswer:", (" d", " ef", " ghi")), MCRequest("xy", ("z", "zz"))]
+    want = HFBackend(q, tok).score_mc(reqs)
+    got = load_backend("hf", pretrained=str(out)).score_mc(reqs)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.logprobs, w.logprobs, rtol=0, atol=1e-4)
