@@ -22,8 +22,10 @@ only at the end-of-turn token (LM-Polygraph's default stopping), batch ``--batch
   ``estimate_uncertainty`` builds them (its greedy statistics keep attention maps, which
   need ``attn_implementation="eager"`` under transformers 5), and again with attentions and
   hidden states off ("lean"), the fastest it offers;
-* llmcal: ``HFBackend.generate`` + ``signals.generation.token_signals`` +
-  ``signals.ptrue`` (one scoring pass), sdpa attention;
+* llmcal: ``HFBackend.generate`` + ``signals.generation.token_signals`` + P(True), sdpa
+  attention, twice: with its default ``ptrue_chat`` (the question asked as the next chat turn,
+  the answers' keys/values reused: only the follow-up turn is prefilled) and with the paper's
+  standalone prompt (``--signals ptrue``, one scoring pass over a new prompt, as LM-Polygraph's);
 * values compared item by item on the same tokens, with the conventions stated (LM-Polygraph
   counts the end-of-turn token in the sequence probability and the entropy; llmcal scores the
   answer's own tokens; LM-Polygraph's P(True) is log p("True") after its own prompt, which llmcal
@@ -46,7 +48,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement")
+FAMILIES = ("tokens", "ptrue", "ptrue_chat", "verbalized", "verbalized_percent", "agreement")
 TOL_LOGPROB = 1e-3  # nats, per token and for log p("True"); both run the same fp32 weights on the CPU
 TOL_ENTROPY = 1e-3
 
@@ -77,7 +79,8 @@ def cost_table(backend, items, batch: int, k: int) -> tuple[list[dict], float]:
     greedy_tok = sum(r["cost"]["greedy"]["answer_tokens"] for r in records) / n
     rows = [{"signal": f"greedy answer (the baseline: {greedy_tok:.1f} tokens)", "extra_passes": 0.0,
              "extra_tokens": 0.0, "seconds": greedy_s, "ratio": 1.0}]
-    names = {"tokens": "token family (5 signals)", "ptrue": "P(True)", "verbalized": "verbalized 1-10",
+    names = {"tokens": "token family (5 signals)", "ptrue": "P(True), the paper's prompt",
+             "ptrue_chat": "P(True) in the chat (the default)", "verbalized": "verbalized 1-10",
              "verbalized_percent": "verbalized 0-100%", "agreement": f"agreement + semantic entropy (k={k})"}
     for fam in FAMILIES:
         c = [r["cost"][fam] for r in records if fam in r["cost"]]
@@ -112,25 +115,38 @@ def user_messages(items) -> list[str]:
     return [user_message(it) for it in items]
 
 
-def run_llmcal(backend, messages: list[str], batch: int, max_new: int) -> tuple[list[dict], float]:
-    """Greedy answers + token signals + llmcal's P(True), batched; seconds exclude loading."""
+def run_llmcal(backend, messages: list[str], batch: int, max_new: int, items=None,
+               ptrue: str = "chat") -> tuple[list[dict], float]:
+    """Greedy answers + token signals + llmcal's P(True), batched; seconds exclude loading.
+
+    ``ptrue="chat"``: llmcal's default, P(True) asked as the next chat turn right after the greedy
+    call (``measure_open.ptrue_chat``: the answers' keys/values reused); ``"paper"``: the
+    standalone prompt of Kadavath et al. (``--signals ptrue``), one full scoring pass.
+    """
+    from llmcal.pipeline.measure_open import OpenSettings, ptrue_chat
     from llmcal.signals.generation import token_signals
     from llmcal.signals.ptrue import ptrue_from_logprobs, ptrue_request
 
     prompts = [backend.apply_chat_template(m) for m in messages]
     vocab = backend.vocab_size
+    settings = OpenSettings()
 
     def one_batch(lo: int, hi: int) -> list[dict]:
         gens = [g[0] for g in backend.generate(prompts[lo:hi], max_new_tokens=max_new, temperature=0.0,
                                        stop=(), top_k=2)]
-        scores = backend.score_mc([ptrue_request(m, g.text) for m, g in zip(messages[lo:hi], gens)])
+        if ptrue == "chat":
+            got = ptrue_chat(backend, items[lo:hi], list(range(hi - lo)), gens, settings)
+            pt = [got[j] for j in range(hi - lo)]
+        else:
+            scores = backend.score_mc([ptrue_request(m, g.text) for m, g in zip(messages[lo:hi], gens)])
+            pt = [ptrue_from_logprobs(sc.logprobs[0], sc.logprobs[1]) for sc in scores]
         out = []
-        for g, sc in zip(gens, scores):
+        for g, p in zip(gens, pt):
             sig = token_signals(g, vocab)
             out.append({"text": g.text, "token_ids": list(g.token_ids),  # the end token is already cut
                         "token_logprobs": g.token_logprobs.tolist(), "entropies": g.entropies.tolist(),
                         "finish": g.finish_reason, "seq_prob": sig["seq_prob"], "entropy_conf": sig["entropy_conf"],
-                        "ptrue": ptrue_from_logprobs(sc.logprobs[0], sc.logprobs[1])})
+                        "ptrue": p})
         return out
 
     one_batch(0, min(batch, len(prompts)))  # warm-up
@@ -294,11 +310,13 @@ def main(argv=None) -> int:
 
     messages = user_messages(items)
     correct_grader = [(it.grader, it.answers, it.incorrect) for it in items]
-    ours, t_ours = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens)
+    paper, t_paper = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens, items, ptrue="paper")
+    ours, t_ours = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens, items, ptrue="chat")
+    assert [o["text"] for o in ours] == [o["text"] for o in paper]  # the same greedy answers either way
     bf16 = None
     if "bf16" not in skip:  # the same pipeline in bfloat16 (``--model_args dtype=bfloat16``)
         b16 = load_backend("hf", dtype="bfloat16")
-        rows16, t16 = run_llmcal(b16, messages, args.batch_size, args.max_new_tokens)
+        rows16, t16 = run_llmcal(b16, messages, args.batch_size, args.max_new_tokens, items)
         del b16
         bf16 = {"seconds": t16, "same_text": sum(a["text"] == b["text"] for a, b in zip(ours, rows16)),
                 "max_d_log_seq_prob": max(abs(math.log(max(a["seq_prob"], 1e-300)) - math.log(max(b["seq_prob"], 1e-300)))
@@ -326,7 +344,9 @@ def main(argv=None) -> int:
     out["accuracy"] = float(correct.mean())
     au = {"llmcal seq_prob": auroc([o["seq_prob"] for o in ours], correct),
           "llmcal entropy_conf": auroc([o["entropy_conf"] for o in ours], correct),
-          "llmcal ptrue (True vs False, paper's prompt)": auroc([o["ptrue"] for o in ours], correct),
+          "llmcal ptrue_chat (the default: True vs False as the next chat turn)": auroc([o["ptrue"] for o in ours],
+                                                                                          correct),
+          "llmcal ptrue (True vs False, paper's prompt)": auroc([o["ptrue"] for o in paper], correct),
           "LM-Polygraph MSP (negated)": auroc(-stats["msp"], correct),
           "LM-Polygraph MeanTokenEntropy (negated)": auroc(-stats["mte"], correct),
           "LM-Polygraph PTrue (negated)": auroc(-stats["ptrue"], correct)}
@@ -359,8 +379,10 @@ def main(argv=None) -> int:
     print("\n| tool | seconds | items / s | llmcal's throughput ratio |")
     print("|---|---:|---:|---:|")
     base = peer["default"][1]
-    print(f"| llmcal fp32 (generate + token signals + P(True)) | {t_ours:.1f} | {len(items) / t_ours:.2f} | "
-          f"**{base / t_ours:.2f}x** |")
+    print(f"| llmcal fp32 (generate + token signals + P(True) in the chat, the default) | {t_ours:.1f} | "
+          f"{len(items) / t_ours:.2f} | **{base / t_ours:.2f}x** |")
+    print(f"| llmcal fp32 (generate + token signals + the paper's P(True) prompt, `--signals ptrue`) | "
+          f"{t_paper:.1f} | {len(items) / t_paper:.2f} | **{base / t_paper:.2f}x** |")
     if bf16 is not None:
         print(f"| llmcal bf16 (the same) | {bf16['seconds']:.1f} | {len(items) / bf16['seconds']:.2f} | "
               f"**{base / bf16['seconds']:.2f}x** |")
@@ -372,7 +394,7 @@ def main(argv=None) -> int:
         print(f"bf16 against fp32 (llmcal): same answers {bf16['same_text']}/{len(items)}, accuracy "
               f"{bf16['accuracy']:.3f} vs {out['accuracy']:.3f}; on the same answers max |d log seq prob| "
               f"{bf16['max_d_log_seq_prob']:.3f}, max |d P(True)| {bf16['max_d_ptrue']:.3f}")
-    out["ratio"] = {"fp32": base / t_ours, **({"bf16": base / bf16["seconds"]} if bf16 else {}),
+    out["ratio"] = {"fp32": base / t_ours, "fp32 paper ptrue": base / t_paper, **({"bf16": base / bf16["seconds"]} if bf16 else {}),
                     **{f"peer {k}": base / v[1] for k, v in peer.items()}}
     if cmp["same_tokens"] < cmp["n"] * 0.9:
         ok = False

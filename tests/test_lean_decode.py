@@ -167,6 +167,40 @@ def test_follow_up_prompts_reuse_the_earlier_prompt(backend, monkeypatch):
     _same(generate_hf(backend, follow, max_new_tokens=8), lean)
 
 
+def test_next_token_logprobs_reuse_the_answer_and_equal_a_fresh_score(backend, monkeypatch):
+    """The follow-up P(True) path: after the greedy answers, the follow-up prompt's next-token
+    log-probs reuse the answers' keys/values (only what follows them is prefilled) and equal the
+    packed scorer's log-probs of the same one-token continuations on an empty cache (1e-4, fp32)."""
+    from llmcal.backends.lean_decode import _known_part, prompt_cache
+    from llmcal.core.requests import MCRequest
+
+    first = _generate(backend, monkeypatch, "lean", max_new_tokens=6)
+    follow = [p + g[0].text + "\nis it right? a or b\n>" for p, g in zip(_prompts(), first)]
+    ids = [backend.tokenizer(f, add_special_tokens=False).input_ids for f in follow]
+    answer_lens = [len(backend.tokenizer(p, add_special_tokens=False).input_ids) + len(g[0].token_ids) - 1
+                   for p, g in zip(_prompts(), first)]
+    store = prompt_cache(backend)
+    known = [_known_part(store, x)[0] for x in ids]
+    assert sum(k >= n for k, n in zip(known, answer_lens)) >= 1  # the answers' keys/values are reused
+    misses = store.misses
+    got = backend.next_token_logprobs(follow, ("a", "b"))  # (5, 2)
+    assert got.shape == (len(follow), 2) and store.misses == misses + len(follow)
+    again = backend.next_token_logprobs(follow, ("a", "b"))  # now every prompt is stored: no prefill
+    assert store.hits >= len(follow)
+    np.testing.assert_allclose(again, got, rtol=0, atol=1e-6)
+    store.clear()
+    want = np.array([sc.logprobs for sc in backend.score_mc([MCRequest(f, ("a", "b")) for f in follow])])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-4)
+    assert np.all(got < 0) and np.ptp(got) > 1e-3  # real log-probs that differ between prompts
+
+
+def test_next_token_logprobs_refuse_what_is_not_one_token(backend):
+    with pytest.raises(ValueError, match="'ab' is 2 tokens"):
+        backend.next_token_logprobs(["x"], ("a", "ab"))
+    with pytest.raises(ValueError, match="share a token"):
+        backend.next_token_logprobs(["x"], ("a", "a"))
+
+
 def test_cancel_event_stops_every_row(backend, monkeypatch):
     import threading
 
@@ -305,6 +339,60 @@ def test_embedded_model_verbalized_follow_up_reuses_the_answer(embedded_backend,
     lean = generate_hf(b, follow, max_new_tokens=12, stop=("\n",))
     monkeypatch.setenv("LLMCAL_DECODE", "generate")
     _same(generate_hf(b, follow, max_new_tokens=12, stop=("\n",)), lean)
+
+
+def _ptrue_chat_reference(b, items, records, chat):
+    """P(True) in the chat scored afresh (empty cache) by the packed scorer: what ptrue_chat must equal."""
+    from llmcal.backends.lean_decode import prompt_cache
+    from llmcal.core.requests import MCRequest
+    from llmcal.signals.ptrue import CHAT_QUESTION, chat_candidates, ptrue_from_logprobs
+    from llmcal.tasks.prompts import followup_messages, render
+
+    template = b.apply_chat_template if chat else None
+    texts = [render(followup_messages(it, r.prediction_text, CHAT_QUESTION), template) for it, r in zip(items, records)]
+    prompt_cache(b).clear()
+    scores = b.score_mc([MCRequest(t, chat_candidates(t)) for t in texts])
+    return [ptrue_from_logprobs(*sc.logprobs) for sc in scores]
+
+
+def test_ptrue_chat_without_one_token_candidates_scores_them(backend, monkeypatch):
+    """The tiny tokenizer has no chat template and spells " True" in characters: the follow-up is
+    plain text ending in ``Answer:`` and the two candidates are scored by the packed scorer."""
+    from llmcal.core.items import OpenItem
+    from llmcal.pipeline.measure_open import OpenSettings, answer_batch
+
+    monkeypatch.setenv("LLMCAL_DECODE", "lean")
+    items = [OpenItem(f"q{i}", "tiny", q, ("4",)) for i, q in enumerate(QUESTIONS)]
+    records = answer_batch(backend, items, OpenSettings(families=("tokens", "ptrue_chat"), max_new_tokens=6))
+    want = _ptrue_chat_reference(backend, items, records, chat=False)
+    got = [r.signals["ptrue_chat"] for r in records]
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+    assert all(0 < v < 1 for v in got) and len(set(got)) > 1
+
+
+@pytest.mark.slow
+def test_embedded_model_ptrue_chat_reuses_the_answer_and_equals_a_fresh_score(embedded_backend, monkeypatch):
+    """The real model and chat template: ptrue_chat asks right after the greedy call, reads the
+    reply's first token ("True" / "False", one token each) from the cached answers, and equals the
+    packed scorer's P(True) on the same follow-up prompt with an empty cache (1e-4 in log-prob)."""
+    from llmcal.backends.lean_decode import prompt_cache
+    from llmcal.core.items import OpenItem
+    from llmcal.pipeline.measure_open import OpenSettings, answer_batch
+
+    b = embedded_backend
+    monkeypatch.setenv("LLMCAL_DECODE", "lean")
+    prompt_cache(b).clear()
+    items = [OpenItem("a", "t", "What is the capital of France?", ("Paris",)),
+             OpenItem("b", "t", "Who wrote Hamlet?", ("Shakespeare",)),
+             OpenItem("c", "t", "Name the largest planet.", ("Jupiter",))]
+    store = prompt_cache(b)
+    records = answer_batch(b, items, OpenSettings(families=("tokens", "ptrue_chat"), max_new_tokens=16))
+    assert len(store.answers) >= 1  # the greedy call kept its answers for the follow-up
+    got = np.array([r.signals["ptrue_chat"] for r in records])
+    want = np.array(_ptrue_chat_reference(b, items, records, chat=True))
+    logit = lambda p: np.log(p) - np.log1p(-p)  # noqa: E731  the log-prob difference True - False
+    np.testing.assert_allclose(logit(got), logit(want), rtol=0, atol=1e-4)
+    assert b.next_token_logprobs(["Hi"], ("True", "False")).shape == (1, 2)  # one token each: the cached path ran
 
 
 def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_path):

@@ -15,7 +15,7 @@ from llmcal.signals.mc import SIGNALS as MC_SIGNALS
 from llmcal.signals.mc import mc_signals
 from llmcal.signals.spec import COSTS, INPUTS, KINDS, OWN, SignalSpec
 
-OPEN_WRITTEN = {"ptrue", "verbalized", "verbalized_percent", "agreement", "semantic_entropy"}  # measure_open
+OPEN_WRITTEN = {"ptrue", "ptrue_chat", "verbalized", "verbalized_percent", "agreement", "semantic_entropy"}  # measure_open
 SAMPLED = {"mc_sequence_entropy", "mc_normalized_entropy", "lexsim_rouge_l", "lexsim_bleu", "num_semantic_sets",
            "eigval_laplacian", "degree_matrix", "eccentricity", "kle", "eigenscore", "cocoa_msp", "cocoa_ppl",
            "semantic_density"}  # signals.sampled.sampled_signals
@@ -55,15 +55,15 @@ def test_registered_names_are_what_the_signal_functions_return():
 
 def test_families_costs_and_defaults():
     fams = R.families("open")
-    assert fams[:5] == ["tokens", "ptrue", "verbalized", "verbalized_percent", "agreement"]
+    assert fams[:6] == ["tokens", "ptrue", "ptrue_chat", "verbalized", "verbalized_percent", "agreement"]
     assert [f for f in fams if f in ("sampled", "pmi", "sar")] == ["sampled", "pmi", "sar"]
-    assert R.default_families("open") == ["tokens", "ptrue", "verbalized", "agreement"]
+    assert R.default_families("open") == ["tokens", "ptrue_chat", "verbalized", "agreement"]
     assert R.families("mc") == ["density"] and R.default_families("mc") == []  # hidden-state density: opt-in
     assert [s.name for s in R.signals_for("open", ["agreement"])] == ["agreement", "semantic_entropy"]
     assert [s.name for s in R.signals_for("mc", [])] == list(MC_SIGNALS)  # always on
     cost = {n: s.cost for n, s in R.SIGNALS.items()}
     assert {cost[n] for n in MC_SIGNALS} | {cost[n] for n in TOKEN_SIGNALS} == {"free"}
-    assert cost["ptrue"] == "+1 scoring pass" and cost["verbalized"] == "+1 short generation"
+    assert cost["ptrue"] == cost["ptrue_chat"] == "+1 scoring pass" and cost["verbalized"] == "+1 short generation"
     assert cost["agreement"] == cost["semantic_entropy"] == "+k samples"
     with pytest.raises(ValueError, match=r"--signals: unknown \['tokenz'\]; known: tokens, ptrue"):
         R.signals_for("open", ["tokenz"])

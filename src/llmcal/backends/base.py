@@ -51,6 +51,7 @@ CAPABILITIES: dict[str, str] = {
     "chat_template": "chat-templated prompts",
     "messages": "answers to whole conversations",
     "score_tokens": "per-token scores of given token ids",
+    "next_token": "next-token log-probabilities that reuse the greedy answer's cached keys/values",
 }
 
 Message = Mapping[str, str]
@@ -183,6 +184,14 @@ class Backend(abc.ABC):
         scored as given (not re-tokenized): what conditional PMI needs.  A server's API takes text, not
         ids, so only a local model declares this."""
         self.require("score_tokens", "per-token scores of an answer's own tokens (conditional PMI)")
+        raise NotImplementedError  # pragma: no cover
+
+    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str]) -> Any:
+        """A (len(prompts), len(candidates)) float array: ``log p(candidate | prompt)`` of one-token
+        candidates, each prompt's keys/values reused from what the backend has just computed (the
+        greedy answers a follow-up quotes).  Only a local model with a prompt cache declares this;
+        elsewhere the same numbers come from :meth:`score_mc`."""
+        self.require("next_token", "next-token scores after a follow-up question (P(True) in the chat)")
         raise NotImplementedError  # pragma: no cover
 
     def generate(

@@ -184,7 +184,7 @@ class HFBackend(Backend):
 
     name = "hf"
     # "chat_template" only where the tokenizer has one (narrowed per instance)
-    capabilities = frozenset({"score", "generate", "hidden_states", "chat_template", "score_tokens"})
+    capabilities = frozenset({"score", "generate", "hidden_states", "chat_template", "score_tokens", "next_token"})
 
     def __init__(
         self,
@@ -455,6 +455,32 @@ class HFBackend(Backend):
             logp = torch.log_softmax(self.model.lm_head(rows).float(), dim=-1)  # (n, vocab)
             lp = logp.gather(1, torch.tensor(cont, device=logp.device)[:, None]).squeeze(1)  # (n,)
         return lp.double().cpu().numpy()
+
+    def next_token_logprobs(self, prompts: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+        """``log p(candidate | prompt)`` (len(prompts), len(candidates)) float64 for one-token candidates.
+
+        Each prompt's keys/values come from the lean decoder's prompt cache as far as it has them
+        (:func:`llmcal.backends.lean_decode.next_token_logprobs`): a follow-up that quotes the
+        greedy answer just generated prefills only what follows the answer.  A candidate that is
+        not one token (or two that share their token) is refused: :meth:`score_mc` scores those.
+        """
+        from llmcal.backends.hf_generation import end_token_ids
+        from llmcal.backends.lean_decode import next_token_logprobs
+
+        ids = []
+        for c in candidates:
+            toks = self.tokenizer(c, add_special_tokens=False).input_ids
+            if len(toks) != 1:
+                raise ValueError(f"next_token_logprobs: candidate {c!r} is {len(toks)} tokens, not one")
+            ids.append(toks[0])
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"next_token_logprobs: candidates {list(candidates)} share a token")
+        if not prompts:
+            return np.zeros((0, len(ids)))
+        eos = end_token_ids(self)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else (eos[0] if eos else 0)
+        logp = next_token_logprobs(self, [self._encode(p) for p in prompts], pad)  # (b, vocab)
+        return logp[:, ids].double().cpu().numpy()
 
     def score_packed(
         self,

@@ -313,6 +313,30 @@ def _store_answers(store: PromptCache, cache, mask, logits, live, done, encoded,
         store.put_answer(ids, layers, logits[j].clone())
 
 
+def next_token_logprobs(backend, encoded: Sequence[Sequence[int]], pad: int):
+    """``log p(next token | prompt)`` (b, vocab) for each tokenized prompt, prefilling only what is not stored.
+
+    The follow-up that quotes the greedy answer (P(True) asked in the same conversation) begins
+    with the prompt and the answer whose keys/values the greedy call kept, so only the question
+    after the answer is computed; the prompt's own entry is stored too, so the verbalized
+    follow-up, which shares that start, reuses it.  The values are those of a plain prefill up
+    to float rounding (tests/test_lean_decode.py).
+    """
+    import torch
+
+    model, device = backend.model, backend.device
+    store = prompt_cache(backend)
+    with torch.inference_mode():
+        entries = [store.get(tuple(e)) for e in encoded]
+        if all(entry is not None for entry in entries):
+            store.hits += len(entries)
+            logits = torch.stack([entry[1] for entry in entries]).to(device)  # (b, vocab)
+        else:
+            store.misses += len(entries)
+            logits, _, _ = _prefill(model, encoded, pad, device, store)
+        return torch.log_softmax(logits.float(), dim=-1)  # (b, vocab)
+
+
 def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float, n: int,
            seed: int, top_k: int, stop: Sequence[str], eos_ids: Sequence[int], pad: int, event=None):
     """Decode ``n`` continuations of each tokenized prompt.

@@ -48,11 +48,12 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--hidden_layers", "--hidden-layers", default="-1,mid",
                    help="hidden-state layers kept for the probe (indices, 'mid', 'last'; default -1,mid)")
     g = p.add_argument_group("open-ended tasks (builtin_open, nq_open, gsm8k, truthfulqa_gen)")
-    g.add_argument("--signals", default="tokens,ptrue,verbalized,agreement",
-                   help="signal families: tokens (free), ptrue (+1 scoring pass), verbalized / verbalized_percent "
+    g.add_argument("--signals", default="tokens,ptrue_chat,verbalized,agreement",
+                   help="signal families: tokens (free), ptrue_chat (P(True) as a follow-up turn, +1 short prefill), "
+                        "ptrue (the paper's standalone P(True) prompt, +1 scoring pass), verbalized / verbalized_percent "
                         "(+1 short generation), agreement (k samples + semantic entropy); opt-in estimator families "
-                        "sampled, pmi, sar, ccp, cpmi (see `llmcal signals --kind open`); default all but "
-                        "verbalized_percent")
+                        "sampled, pmi, sar, ccp, cpmi (see `llmcal signals --kind open`); default tokens, ptrue_chat, "
+                        "verbalized, agreement")
     g.add_argument("--k_samples", "--k-samples", type=int, default=5, help="sampled answers for agreement (default 5)")
     g.add_argument("--sample_temperature", "--sample-temperature", type=float, default=0.8,
                    help="temperature of the sampled answers (default 0.8)")

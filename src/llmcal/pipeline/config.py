@@ -16,7 +16,7 @@ from typing import Any, Sequence
 
 # What makes a run folder "the same run" (resuming with another value is refused).
 IDENTITY_KEYS = ("model", "model_args", "tasks", "limit", "style", "chat", "dtype", "hidden_layers")
-OPEN_FAMILIES_DEFAULT = ("tokens", "ptrue", "verbalized", "agreement")
+OPEN_FAMILIES_DEFAULT = ("tokens", "ptrue_chat", "verbalized", "agreement")
 
 
 def _names(value: str | Sequence[str] | None) -> tuple[str, ...]:

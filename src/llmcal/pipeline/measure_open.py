@@ -7,7 +7,9 @@ For each question (batched, resumable like :mod:`llmcal.pipeline.measure`):
    graded by the item's grader (``tasks/graders``); the token-probability
    signals come free with it (``signals/generation``);
 2. ``ptrue``: one scoring pass over "Is the proposed answer True/False?"
-   (``signals/ptrue``, Kadavath et al. 2022);
+   (``signals/ptrue``, Kadavath et al. 2022); ``ptrue_chat`` the same question as a
+   follow-up turn of the answer's conversation, asked right after each greedy call so
+   that a local model reuses the answers' keys/values and prefills only the follow-up;
 3. ``verbalized`` / ``verbalized_percent``: the brief's follow-up question
    in the same conversation, a short greedy reply, parsed
    (``signals/verbalized``); unreadable replies are recorded as missing;
@@ -34,10 +36,10 @@ from llmcal.core.items import OpenItem
 from llmcal.tasks import prompts
 from llmcal.tasks.prompts import render, user_message
 
-FAMILIES = ("tokens", "ptrue", "verbalized", "verbalized_percent", "agreement", "sampled", "pmi", "sar", "ccp",
-            "cpmi")
+FAMILIES = ("tokens", "ptrue", "ptrue_chat", "verbalized", "verbalized_percent", "agreement", "sampled", "pmi",
+            "sar", "ccp", "cpmi")
 SAMPLE_FAMILIES = ("agreement", "sampled", "sar")  # the families that read the k sampled answers (helper E)
-DEFAULT_FAMILIES = ("tokens", "ptrue", "verbalized", "agreement")
+DEFAULT_FAMILIES = ("tokens", "ptrue_chat", "verbalized", "agreement")
 
 
 @dataclass
@@ -164,13 +166,18 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
     prompts = [answer_prompt(backend, it, s.chat) for it in items]
     cost: list[dict[str, dict[str, float]]] = [{} for _ in items]
     greedy = [None] * n
-    t0 = time.perf_counter()
+    chat_ptrue: dict[int, float] = {}
+    t0, t_chat = time.perf_counter(), 0.0
     for group in _groups(items):
         gens = backend.generate([prompts[i] for i in group], max_new_tokens=_max_tokens(items[group[0]], s),
                         temperature=s.answer_temperature, seed=seed + 7919, stop=_stop(items[group[0]]))
         for i, g in zip(group, gens):
             greedy[i] = g[0]
-    per = (time.perf_counter() - t0) / n
+        if "ptrue_chat" in s.families:  # now, while the backend holds these answers' keys/values
+            t1 = time.perf_counter()
+            chat_ptrue.update(ptrue_chat(backend, items, group, greedy, s))
+            t_chat += time.perf_counter() - t1
+    per = (time.perf_counter() - t0 - t_chat) / n
     for i in range(n):
         cost[i]["greedy"] = {"seconds": per, "forward_passes": 0, "gen_tokens": 0,
                              "answer_tokens": len(greedy[i].token_ids)}
@@ -200,6 +207,11 @@ def answer_batch(backend, items: Sequence[OpenItem], s: OpenSettings, embedder=N
         for i, sc in enumerate(scores):
             records[i]["signals"]["ptrue"] = ptrue_from_logprobs(sc.logprobs[0], sc.logprobs[1])
             cost[i]["ptrue"] = {"seconds": per, "forward_passes": 1, "gen_tokens": 0}
+
+    if "ptrue_chat" in s.families:
+        for i in range(n):
+            records[i]["signals"]["ptrue_chat"] = chat_ptrue[i]
+            cost[i]["ptrue_chat"] = {"seconds": t_chat / n, "forward_passes": 1, "gen_tokens": 0}
 
     for family, scale in (("verbalized", "1-10"), ("verbalized_percent", "percent")):
         if family in s.families:
@@ -247,6 +259,32 @@ def _groups(items: Sequence[OpenItem]) -> list[list[int]]:
     for i, it in enumerate(items):
         out.setdefault("math" if it.grader == "numeric" else "short", []).append(i)
     return list(out.values())
+
+
+def ptrue_chat(backend, items, group: list[int], greedy, s: OpenSettings) -> dict[int, float]:
+    """P(True) asked after the answer in its conversation (signals/ptrue), for the items of ``group``.
+
+    Rendered as the PMI prompts are (the chat template where the backend has one, else plain
+    text), so it is a scoring prompt on every backend; a backend with ``next_token`` scores the
+    reply's first token from its cached keys/values, any other scores the two candidates.
+    """
+    from llmcal.core.requests import MCRequest
+    from llmcal.signals.ptrue import CHAT_QUESTION, chat_candidates, ptrue_from_logprobs
+    from llmcal.tasks.prompts import followup_messages
+
+    template = backend.apply_chat_template if s.chat and "chat_template" in backend.capabilities else None
+    texts = [render(followup_messages(items[i], greedy[i].text, CHAT_QUESTION), template)
+             for i in group]
+    cands = [chat_candidates(t) for t in texts]
+    lps = None
+    if "next_token" in backend.capabilities and len(set(cands)) == 1:
+        try:
+            lps = backend.next_token_logprobs(texts, cands[0])  # (len(group), 2)
+        except ValueError:  # a candidate is not one token in this vocabulary: score it
+            lps = None
+    if lps is None:
+        lps = [sc.logprobs for sc in backend.score_mc([MCRequest(t, c) for t, c in zip(texts, cands)])]
+    return {i: ptrue_from_logprobs(lp[0], lp[1]) for i, lp in zip(group, lps)}
 
 
 def _verbalized(backend, items, greedy, records, s: OpenSettings, family: str, scale: str) -> None:
