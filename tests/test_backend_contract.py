@@ -220,6 +220,13 @@ def _exercise(backend, capability: str) -> None:
         (g,) = _gens(backend, PROMPTS[:1], max_new_tokens=3)[0]
         lp = backend.score_tokens(PROMPTS[0], g.token_ids)
         assert lp.shape == (len(g.token_ids),) and np.allclose(lp, g.token_logprobs[:len(lp)], atol=1e-4)
+    elif capability == "next_token":
+        if "next_token" not in backend.capabilities:
+            backend.next_token_logprobs([PROMPTS[0]], ("a",))  # refuses before touching anything
+        (g,) = _gens(backend, PROMPTS[:1], max_new_tokens=2)[0]
+        tok = backend.tokenizer.decode([g.token_ids[0]])
+        lp = backend.next_token_logprobs([PROMPTS[0]], (tok,))  # the first generated token's own log-prob
+        assert lp.shape == (1, 1) and abs(float(lp[0, 0]) - float(g.token_logprobs[0])) <= 1e-4
     elif capability == "messages":
         (row,) = _gens(backend, [[{"role": "user", "content": "Is the sky blue?"}]], max_new_tokens=2)
         assert len(row) == 1 and len(row[0].token_logprobs) >= 1

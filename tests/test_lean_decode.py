@@ -213,16 +213,25 @@ def test_cancel_event_stops_every_row(backend, monkeypatch):
     assert all(len(g[0].token_logprobs) <= 1 for g in out)
 
 
-def test_onednn_linear_exact_and_flag_turns_it_off(backend, monkeypatch):
+def _need(kernel):
     from llmcal.backends import fast_linear
 
+    if not fast_linear.kernel_available(kernel):
+        pytest.skip(f"this torch build has no {kernel} kernel")
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "mkl"])
+def test_packed_linear_exact_and_flag_turns_it_off(backend, monkeypatch, kernel):
+    from llmcal.backends import fast_linear
+
+    _need(kernel)
     model = backend.model
     ids = torch.tensor([[3, 5, 7, 9, 11, 13]])
     with torch.inference_mode():
         ref = torch.log_softmax(model(ids).logits, -1)
-    assert fast_linear.enable_onednn(model) == 2 * 7 + 1  # q k v o gate up down a layer, and lm_head
+    assert fast_linear.enable_packed(model, kernel) == 2 * 7 + 1  # q k v o gate up down a layer, and lm_head
     try:
-        assert fast_linear.onednn_enabled(model)
+        assert fast_linear.onednn_enabled(model) and fast_linear.packed_kernel(model) == kernel
         with torch.inference_mode():
             got = torch.log_softmax(model(ids).logits, -1)
         assert float((got - ref).abs().max()) <= 1e-4 and bool((got.argmax(-1) == ref.argmax(-1)).all())
@@ -239,26 +248,62 @@ def test_onednn_linear_exact_and_flag_turns_it_off(backend, monkeypatch):
     assert off == {"matmul": "default", "requested": "default", "reason": "turned off (matmul=default)"}
     monkeypatch.setenv("LLMCAL_MATMUL", "default")
     assert fast_linear.choose_matmul(model)["matmul"] == "default" and not fast_linear.onednn_enabled(model)
-    forced = fast_linear.choose_matmul(model, "onednn")
+    forced = fast_linear.choose_matmul(model, kernel)
     try:
-        assert forced["matmul"] == "onednn" and forced["exact"] and forced["max_delta_logprob"] <= 1e-4
-        assert forced["default_gflops"] > 0 and forced["onednn_gflops"] > 0
+        assert forced["matmul"] == kernel and forced["exact"] and forced["max_delta_logprob"] <= 1e-4
+        assert forced["checked"] == kernel and fast_linear.packed_kernel(model) == kernel
+        assert forced["default_gflops"] > 0 and forced[f"{kernel}_gflops"] > 0
     finally:
         fast_linear.disable_onednn(model)
-    with pytest.raises(ValueError, match=r"--model_args matmul: unknown 'fast'; use one of auto, onednn, default"):
+    with pytest.raises(ValueError, match=r"--model_args matmul: unknown 'fast'; use one of auto, onednn, mkl, default"):
         fast_linear.choose_matmul(model, "fast")
-    monkeypatch.setenv("LLMCAL_MATMUL", "mkl")
-    with pytest.raises(ValueError, match=r"LLMCAL_MATMUL: unknown 'mkl'"):
+    monkeypatch.setenv("LLMCAL_MATMUL", "amx")
+    with pytest.raises(ValueError, match=r"LLMCAL_MATMUL: unknown 'amx'"):
         fast_linear.requested_mode(None)
 
 
-def test_onednn_falls_back_when_weights_change(backend):
+def test_auto_takes_the_fastest_exact_kernel_and_falls_back_when_it_is_not_exact(backend, monkeypatch, tmp_path):
+    """The probe's choice, with the timings and the check stubbed: the fastest kernel when exact; the
+    other when the fastest is not; none when no kernel beats the default by 5 %."""
     from llmcal.backends import fast_linear
 
+    for k in fast_linear.KERNELS:
+        _need(k)
+    monkeypatch.setenv("LLMCAL_CACHE_DIR", str(tmp_path))
+    model = backend.model
+    times = {None: 1.0, "onednn": 0.8, "mkl": 0.5}
+    monkeypatch.setattr(fast_linear, "_time_shapes", lambda m, kernel, budget: (times[kernel], 1e9))
+    exact = {"onednn": True, "mkl": True}
+    monkeypatch.setattr(fast_linear, "exactness", lambda m, n_tokens=(12,), kernel="onednn": {
+        "max_delta_logprob": 0.0 if exact[kernel] else 1e-2, "same_argmax": True, "exact": exact[kernel]})
+    try:
+        got = fast_linear.choose_matmul(model, "auto")
+        assert got["matmul"] == "mkl" and got["speedup"] == 2.0 and got["mkl_gflops"] == 2.0
+        fast_linear.disable_onednn(model)
+        exact["mkl"] = False
+        got = fast_linear.choose_matmul(model, "auto")
+        assert got["matmul"] == "onednn" and got["speedup"] == 1.25 and fast_linear.packed_kernel(model) == "onednn"
+        fast_linear.disable_onednn(model)
+        exact["onednn"] = False
+        got = fast_linear.choose_matmul(model, "auto")
+        assert got["matmul"] == "default" and "onednn is not exact" in got["reason"] and not fast_linear.onednn_enabled(model)
+        (tmp_path / "matmul_probe.json").unlink()
+        times.update({"onednn": 0.99, "mkl": 0.97})  # within 5 % of the default: not worth it
+        got = fast_linear.choose_matmul(model, "auto")
+        assert got["matmul"] == "default" and got["reason"] == "no packed kernel is faster on this CPU"
+    finally:
+        fast_linear.disable_onednn(model)
+
+
+@pytest.mark.parametrize("kernel", ["onednn", "mkl"])
+def test_packed_linear_falls_back_when_weights_change(backend, kernel):
+    from llmcal.backends import fast_linear
+
+    _need(kernel)
     model = backend.model
     lin = model.model.layers[0].mlp.down_proj
     x = torch.randn(3, lin.in_features)
-    fast_linear.enable_onednn(model)
+    fast_linear.enable_packed(model, kernel)
     try:
         with torch.no_grad():
             lin.weight.add_(1.0)  # the packed copy is stale now
@@ -273,16 +318,18 @@ def test_onednn_falls_back_when_weights_change(backend):
         fast_linear.disable_onednn(model)
 
 
-def test_a_model_on_onednn_can_be_deep_copied_and_the_copy_is_exact(backend):
+@pytest.mark.parametrize("kernel", ["onednn", "mkl"])
+def test_a_model_on_a_packed_kernel_can_be_deep_copied_and_the_copy_is_exact(backend, kernel):
     """Quantization, post-training and the exports deep-copy a loaded model: oneDNN's packed weights
     cannot be copied, so the copy runs on the default path (and its in-place changes take effect)."""
     import copy
 
     from llmcal.backends import fast_linear
 
+    _need(kernel)
     model = backend.model
     ids = torch.tensor([[3, 5, 7, 9, 11, 13]])
-    fast_linear.enable_onednn(model)
+    fast_linear.enable_packed(model, kernel)
     try:
         twin = copy.deepcopy(model)
         with torch.inference_mode():
@@ -407,11 +454,12 @@ def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_pat
     second = fast_linear.choose_matmul(backend.model, "auto")
     fast_linear.disable_onednn(backend.model)
     assert first["probe"] == "measured" and second["probe"] == "cached"
-    for k in ("default_gflops", "onednn_gflops", "speedup", "matmul"):
+    kernels = [k for k in fast_linear.KERNELS if fast_linear.kernel_available(k)]
+    for k in ["speedup", "matmul", "default_gflops"] + [f"{k}_gflops" for k in kernels]:
         assert first[k] == second[k], k
     stored = json.loads((tmp_path / "cache" / "matmul_probe.json").read_text())
     (key, entry), = stored.items()
-    assert "torch" in key and set(entry) == {"t_default", "t_onednn", "flops"}
+    assert "torch" in key and set(entry) == {"t_default", "flops"} | {f"t_{k}" for k in kernels}
     # VMs of two CPU generations can share a "model name" ("AMD EPYC" on Zen 3 and on Zen 5):
     # the key names the family, model and vector extensions, so one's timings are not read on the other
     assert " family " in key and " model " in key

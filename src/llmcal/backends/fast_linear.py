@@ -1,31 +1,41 @@
-"""Faster fp32 linear layers on CPUs where oneDNN beats torch's default matmul.
+"""Faster fp32 linear layers on CPUs where a pre-packed kernel beats torch's default matmul.
 
-torch's fp32 ``F.linear`` on the CPU goes through MKL, which runs a generic
-kernel on some AMD CPUs (96 GFLOP/s on the embedded model's shapes on a Zen 5
-core, issue #17), while oneDNN, already inside every CPU build of torch,
-reaches about twice that.  Which one is faster depends on the CPU, so the
-backend decides at load time with a short probe (:func:`choose_matmul`):
+torch's fp32 ``F.linear`` on the CPU goes through MKL's ``sgemm``, which packs
+the weight matrix anew on every call and, on some AMD CPUs, runs a generic
+kernel (96 GFLOP/s on the embedded model's shapes on a Zen 5 core, issue #17).
+Two kernels already inside torch's CPU build work on a weight packed once:
 
-1. time every distinct linear shape of the model, both ways, on a small
+* ``onednn``: oneDNN's blocked layout (``mkldnn_linear``), about twice the
+  default on that Zen 5 core;
+* ``mkl``: MKL's packed GEMM (``torch.ops.mkl._mkl_linear`` on a weight from
+  ``_mkl_reorder_linear_weight``), which skips the per-call packing: 1.65x the
+  default on the 16-row decode shapes of an Intel Xeon core, where oneDNN
+  gains nothing.
+
+Which one is faster depends on the CPU, so the backend decides at load time
+with a short probe (:func:`choose_matmul`):
+
+1. time every distinct linear shape of the model, each way, on a small
    batch of rows (about a second in all);
-2. check that the oneDNN path gives the same numbers on a short fixed
+2. check that the fastest packed path gives the same numbers on a short fixed
    sequence: the same argmax at every position, and the log-probabilities
    that reach results (the next token's, as scoring reads them, and the
    argmax's, as greedy decoding reads them) within ``1e-4`` of the default
    path's;
-3. switch the linear layers to oneDNN only when it is faster by more than
-   5 % and exact (the check is skipped when oneDNN is not faster: nothing
-   would use it).
+3. switch the linear layers to it only when it is faster by more than 5 %
+   and exact (the check is skipped when neither is faster: nothing would use
+   it; an inexact fastest kernel gives way to the other one when that is also
+   faster and exact).
 
 ``matmul=default`` in ``--model_args`` (or ``LLMCAL_MATMUL=default``) turns
-it off; ``matmul=onednn`` forces it (the exactness check still runs and is
-reported).  The choice and the measured speeds go into the backend's
-``describe()``, so into ``config.json`` and ``results.json``.
+it off; ``matmul=onednn`` / ``matmul=mkl`` force one (the exactness check still
+runs and is reported).  The choice and the measured speeds go into the
+backend's ``describe()``, so into ``config.json`` and ``results.json``.
 
 The switch keeps every ``nn.Linear`` module and its parameters as they are
 (``state_dict``, ``save_pretrained``, the fingerprint, quantization and
 post-training see the same model); each layer only gets an instance
-``forward`` that runs oneDNN on a packed copy of its weight, and falls back to
+``forward`` that runs the kernel on a packed copy of its weight, and falls back to
 ``F.linear`` whenever that copy could be wrong or the caller needs gradients:
 non-fp32 input, a weight changed in place or replaced since it was packed, or
 autograd on.
@@ -45,7 +55,8 @@ import types
 from pathlib import Path
 from typing import Any
 
-MODES = ("auto", "onednn", "default")
+MODES = ("auto", "onednn", "mkl", "default")
+KERNELS = ("onednn", "mkl")  # the packed kernels, in the order ties are broken
 MAX_DELTA = 1e-4  # max |delta log-prob| the oneDNN path may differ by (issue #17)
 MIN_SPEEDUP = 1.05
 PROBE_ROWS = 16  # rows of the timing batch: a decode step near the compute-bound batch size
@@ -70,8 +81,52 @@ def _linears(model) -> list:
             if type(m) is torch.nn.Linear and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
 
 
+def kernel_available(kernel: str) -> bool:
+    """Whether this torch build has the packed kernel (oneDNN; MKL's packed GEMM ops)."""
+    import torch
+
+    if kernel == "onednn":
+        return bool(torch.backends.mkldnn.is_available())
+    return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
+
+
+def _pack(kernel: str, w):
+    """``w`` (out, in) packed once for ``kernel``: oneDNN's blocked tensor, or MKL's packed buffer."""
+    import torch
+
+    if kernel == "onednn":
+        return w.to_mkldnn()
+    return torch.ops.mkl._mkl_reorder_linear_weight(w, PROBE_ROWS)  # packed for a 16-row call; any rows work
+
+
+def _call(kernel: str, flat, packed_w, w, packed_b, b):
+    """``flat`` (rows, in) through ``kernel`` on the packed weight: (rows, out).
+
+    MKL's packed GEMM runs only for exactly the rows it was packed for (16); torch's
+    ``_mkl_linear`` sends any other count to the ordinary ``sgemm`` on the original weight.
+    A call of 8-15 rows is therefore padded to 16 with zero rows (each output row depends on its
+    own input row only), which is faster than the ordinary call from about 8 rows on (a 30-layer
+    stack of the model's shapes, weights from memory, one Xeon core: 8 rows 57 ms padded against
+    64 ms, 12 rows 56 against 80, 16 rows 53 against 71; 3 rows 55 against 35); fewer rows and
+    more than 16 take the ordinary call, as the default path does.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    if kernel == "onednn":
+        return torch._C._nn.mkldnn_linear(flat.to_mkldnn(), packed_w, packed_b).to_dense()
+    rows = flat.shape[0]
+    if rows == PROBE_ROWS:
+        return torch.ops.mkl._mkl_linear(flat, packed_w, w, b, PROBE_ROWS)
+    if PROBE_ROWS // 2 <= rows < PROBE_ROWS:
+        padded = flat.new_zeros((PROBE_ROWS, flat.shape[1]))  # (16, in)
+        padded[:rows] = flat
+        return torch.ops.mkl._mkl_linear(padded, packed_w, w, b, PROBE_ROWS)[:rows]
+    return F.linear(flat, w, b)
+
+
 class _Packed(dict):
-    """A layer's packed oneDNN weight and what it was packed from.
+    """A layer's packed weight (oneDNN or MKL), its kernel, and what it was packed from.
 
     oneDNN's blocked tensors cannot be deep-copied ("Cannot access storage of OpaqueTensorImpl"), and
     quantization, post-training and the exports all ``copy.deepcopy`` a loaded model: a copy gets a
@@ -80,11 +135,11 @@ class _Packed(dict):
     """
 
     def __deepcopy__(self, memo):
-        return _Packed(weight=None, bias=None, version=-1, ptr=-1, bias_ptr=-1)
+        return _Packed(kernel=self.get("kernel", "onednn"), weight=None, bias=None, version=-1, ptr=-1, bias_ptr=-1)
 
 
-def _onednn_forward(self, x):
-    """``F.linear`` through oneDNN on the packed weight; the default path whenever that is not exact."""
+def _packed_forward(self, x):
+    """``F.linear`` through the packed kernel; the default path whenever that is not exact."""
     import torch
     import torch.nn.functional as F
 
@@ -96,42 +151,63 @@ def _onednn_forward(self, x):
         return F.linear(x, self.weight, self.bias)
     shape = x.shape
     flat = x.reshape(-1, shape[-1]).contiguous()  # (rows, in)
-    y = torch._C._nn.mkldnn_linear(flat.to_mkldnn(), packed["weight"], packed["bias"]).to_dense()  # (rows, out)
+    kernel = packed.get("kernel", "onednn")
+    y = _call(kernel, flat, packed["weight"], self.weight, packed["bias"], self.bias)  # (rows, out)
     return y.view(*shape[:-1], y.shape[-1])
 
 
-def enable_onednn(model) -> int:
-    """Run the model's fp32 linear layers through oneDNN; returns how many were switched."""
+def enable_packed(model, kernel: str) -> int:
+    """Run the model's fp32 linear layers through ``kernel`` ("onednn" or "mkl"); returns how many were switched."""
     import torch
 
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {kernel!r}")
+    disable_onednn(model)
     layers = _linears(model)
     with torch.no_grad():
         for m in layers:
+            bias = None if m.bias is None else m.bias.detach()
             m._llmcal_onednn = _Packed({
-                "weight": m.weight.detach().to_mkldnn(),  # (out, in), oneDNN's blocked layout
-                "bias": None if m.bias is None else m.bias.detach().to_mkldnn(),
+                "kernel": kernel,
+                "weight": _pack(kernel, m.weight.detach()),  # (out, in), packed once
+                "bias": bias.to_mkldnn() if bias is not None and kernel == "onednn" else None,
                 "version": m.weight._version,  # changed in place since packing: fall back
                 "ptr": m.weight.data_ptr(),  # replaced since packing: fall back
                 "bias_ptr": None if m.bias is None else m.bias.data_ptr(),
             })
-            m.forward = types.MethodType(_onednn_forward, m)
+            m.forward = types.MethodType(_packed_forward, m)
     return len(layers)
 
 
+def enable_onednn(model) -> int:
+    """Run the model's fp32 linear layers through oneDNN; returns how many were switched."""
+    return enable_packed(model, "onednn")
+
+
 def disable_onednn(model) -> None:
-    """Undo :func:`enable_onednn`: every layer back on torch's default path."""
+    """Undo :func:`enable_packed` (either kernel): every layer back on torch's default path."""
     for m in model.modules():
         if "_llmcal_onednn" in m.__dict__:
             del m.__dict__["_llmcal_onednn"]
             m.__dict__.pop("forward", None)
 
 
+def packed_kernel(model) -> str | None:
+    """The packed kernel the model's linear layers run on, or None (torch's default path)."""
+    for m in model.modules():
+        if "_llmcal_onednn" in m.__dict__:
+            return m.__dict__["_llmcal_onednn"].get("kernel", "onednn")
+    return None
+
+
 def onednn_enabled(model) -> bool:
-    return any("_llmcal_onednn" in m.__dict__ for m in model.modules())
+    """Whether the linear layers run on a packed kernel (oneDNN or MKL's)."""
+    return packed_kernel(model) is not None
 
 
-def _time_shapes(model, use_onednn: bool, budget: float) -> tuple[float, float]:
-    """(seconds, FLOPs) of one pass over every linear layer of the model on ``PROBE_ROWS`` rows."""
+def _time_shapes(model, kernel: str | None, budget: float) -> tuple[float, float]:
+    """(seconds, FLOPs) of one pass over every linear layer of the model on ``PROBE_ROWS`` rows,
+    through ``kernel`` ("onednn", "mkl") or torch's default path (None)."""
     import torch
     import torch.nn.functional as F
 
@@ -143,10 +219,10 @@ def _time_shapes(model, use_onednn: bool, budget: float) -> tuple[float, float]:
         for (out_f, in_f), count in counts.items():
             x = torch.randn(PROBE_ROWS, in_f)  # (rows, in)
             w = torch.randn(out_f, in_f) * in_f ** -0.5  # (out, in)
-            if use_onednn:
-                wp, xm = w.to_mkldnn(), x
+            if kernel is not None:
+                wp = _pack(kernel, w)
                 def call():
-                    return torch._C._nn.mkldnn_linear(xm.to_mkldnn(), wp, None).to_dense()
+                    return _call(kernel, x, wp, w, None, None)
             else:
                 def call():
                     return F.linear(x, w)
@@ -169,29 +245,36 @@ def _logprobs(model, ids):
         return torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)  # (1, t, vocab)
 
 
-def exactness(model, n_tokens: int = 6) -> dict[str, Any]:
-    """Max |delta log-prob| and argmax agreement of oneDNN against the default path on a fixed sequence.
+def exactness(model, n_tokens: tuple[int, ...] = (12, PROBE_ROWS), kernel: str = "onednn") -> dict[str, Any]:
+    """Max |delta log-prob| and argmax agreement of ``kernel`` against the default path on fixed sequences.
 
-    The log-probs compared are those llmcal reads: each next token's (scoring) and each
-    position's argmax (greedy decoding); the far tail of the vocabulary, which no signal
-    reads, differs by a few ulps more and is not part of the check.
+    One sequence a length of ``n_tokens``, so that every way a packed kernel runs is checked
+    (MKL's: padded to 16 rows, and exactly 16; fewer rows run the default path itself).  The log-probs compared are
+    those llmcal reads: each next token's (scoring) and each position's argmax (greedy
+    decoding); the far tail of the vocabulary, which no signal reads, differs by a few ulps
+    more and is not part of the check.
     """
     import torch
 
+    if isinstance(n_tokens, int):
+        n_tokens = (n_tokens,)
     vocab = int(getattr(model.config, "vocab_size", 0) or 2)
-    ids = (torch.arange(n_tokens, dtype=torch.long)[None] * 7919 + 11) % vocab  # (1, t), fixed, no tokenizer
-    was_on = onednn_enabled(model)
+    was_on = packed_kernel(model)
+    seqs = [(torch.arange(n, dtype=torch.long)[None] * 7919 + 11) % vocab for n in n_tokens]  # (1, t) each, fixed
     disable_onednn(model)
-    ref = _logprobs(model, ids)
-    enable_onednn(model)
-    got = _logprobs(model, ids)
-    if not was_on:
-        disable_onednn(model)
-    top = ref.argmax(-1)  # (1, t)
-    following = torch.cat([ids[:, 1:], top[:, -1:]], dim=1)  # (1, t): the token each position scores
-    read = torch.stack([top, following], dim=2)  # (1, t, 2)
-    delta = float((got.gather(2, read) - ref.gather(2, read)).abs().max())
-    same = bool((got.argmax(-1) == top).all())
+    refs = [_logprobs(model, ids) for ids in seqs]
+    enable_packed(model, kernel)
+    gots = [_logprobs(model, ids) for ids in seqs]
+    disable_onednn(model)
+    delta, same = 0.0, True
+    for ids, ref, got in zip(seqs, refs, gots):
+        top = ref.argmax(-1)  # (1, t)
+        following = torch.cat([ids[:, 1:], top[:, -1:]], dim=1)  # (1, t): the token each position scores
+        read = torch.stack([top, following], dim=2)  # (1, t, 2)
+        delta = max(delta, float((got.gather(2, read) - ref.gather(2, read)).abs().max()))
+        same = same and bool((got.argmax(-1) == top).all())
+    if was_on is not None:
+        enable_packed(model, was_on)
     return {"max_delta_logprob": delta, "same_argmax": same, "exact": delta <= MAX_DELTA and same}
 
 
@@ -249,20 +332,23 @@ def _write_probe_cache(key: str, entry: dict[str, float]) -> None:
 
 
 def choose_matmul(model, matmul: str | None = None) -> dict[str, Any]:
-    """Probe, decide, and switch the model's fp32 linear layers to oneDNN when that is faster and exact.
+    """Probe, decide, and switch the model's fp32 linear layers to a packed kernel when one is faster and exact.
 
-    Returns what ``describe()`` reports: ``matmul`` ("onednn" or "default"), the mode asked for,
-    why, and (when probed) both paths' measured GFLOP/s and the exactness check.
+    Returns what ``describe()`` reports: ``matmul`` ("onednn", "mkl" or "default"), the mode asked
+    for, why, and (when probed) every path's measured GFLOP/s, the chosen kernel's speedup and
+    the exactness check.
     """
-    import torch
-
     mode = requested_mode(matmul)
     info: dict[str, Any] = {"matmul": "default", "requested": mode}
     if mode == "default":
         info["reason"] = "turned off (matmul=default)"
         return info
-    if not torch.backends.mkldnn.is_available():
-        info["reason"] = "this torch build has no oneDNN"
+    kernels = [k for k in KERNELS if kernel_available(k)]
+    if mode in KERNELS and mode not in kernels:
+        info["reason"] = f"this torch build has no {mode} kernel"
+        return info
+    if not kernels:
+        info["reason"] = "this torch build has neither oneDNN nor MKL's packed GEMM"
         return info
     if not _linears(model):
         info["reason"] = "no fp32 CPU linear layers"
@@ -270,34 +356,42 @@ def choose_matmul(model, matmul: str | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     key = _machine_key(model)
     cached = _read_probe_cache().get(key)
-    if cached is not None:  # this CPU, torch, thread count and these shapes were timed before
-        t_default, t_onednn, flops = cached["t_default"], cached["t_onednn"], cached["flops"]
+    if cached is not None and all(f"t_{k}" in cached for k in kernels):  # timed before on this CPU and shapes
+        times = {k: cached[f"t_{k}"] for k in ["default"] + kernels}
+        flops = cached["flops"]
         info["probe"] = "cached"
     else:
-        t_default, flops = _time_shapes(model, False, PROBE_SECONDS / 2)
-        t_onednn, _ = _time_shapes(model, True, PROBE_SECONDS / 2)
-        _write_probe_cache(key, {"t_default": t_default, "t_onednn": t_onednn, "flops": flops})
+        t_default, flops = _time_shapes(model, None, PROBE_SECONDS / (1 + len(kernels)))
+        times = {"default": t_default}
+        for k in kernels:
+            times[k] = _time_shapes(model, k, PROBE_SECONDS / (1 + len(kernels)))[0]
+        _write_probe_cache(key, {**{f"t_{k}": v for k, v in times.items()}, "flops": flops})
         info["probe"] = "measured"
-    info.update({
-        "default_gflops": round(flops / t_default / 1e9, 2),
-        "onednn_gflops": round(flops / t_onednn / 1e9, 2),
-        "speedup": round(t_default / t_onednn, 3),
-    })
-    faster = t_default / t_onednn >= MIN_SPEEDUP
-    if mode == "auto" and not faster:  # no need to check what will not be used
-        use, info["reason"] = False, "oneDNN is not faster on this CPU"
-    else:
-        check = exactness(model)
+    for k, t in times.items():
+        info[f"{k}_gflops"] = round(flops / t / 1e9, 2)
+    if mode in KERNELS:
+        order = [mode]
+    else:  # fastest first; only those faster than the default by MIN_SPEEDUP
+        order = sorted((k for k in kernels if times["default"] / times[k] >= MIN_SPEEDUP), key=lambda k: times[k])
+    best = min(kernels, key=lambda k: times[k])
+    info["speedup"] = round(times["default"] / times[order[0] if order else best], 3)
+    use = None
+    if not order:  # no need to check what will not be used
+        info["reason"] = "no packed kernel is faster on this CPU"
+    for k in order:
+        check = exactness(model, kernel=k)
         info.update(check)
-        if mode == "onednn":
-            use, info["reason"] = True, "forced (matmul=onednn)"
-        elif not check["exact"]:
-            delta = check["max_delta_logprob"]
-            use, info["reason"] = False, f"oneDNN is not exact here (max |delta log-prob| {delta:.2e})"
-        else:
-            use, info["reason"] = True, "oneDNN is faster on this CPU and exact"
-    if use:
-        enable_onednn(model)
-        info["matmul"] = "onednn"
+        info["checked"] = k
+        if mode in KERNELS:
+            use, info["reason"] = k, f"forced (matmul={k})"
+            break
+        if check["exact"]:
+            use, info["reason"] = k, f"{k} is faster on this CPU and exact"
+            info["speedup"] = round(times["default"] / times[k], 3)
+            break
+        info["reason"] = f"{k} is not exact here (max |delta log-prob| {check['max_delta_logprob']:.2e})"
+    if use is not None:
+        enable_packed(model, use)
+        info["matmul"] = use
     info["probe_seconds"] = round(time.perf_counter() - start, 3)
     return info

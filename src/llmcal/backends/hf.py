@@ -235,7 +235,7 @@ class HFBackend(Backend):
         tokenizer: str | None = None,
         attn_implementation: str = "sdpa",
         batch_size: int | str | None = None,  # lm-eval's: items a scoring pass at most ("auto": max_tokens only)
-        matmul: str | None = None,  # fp32 linear kernel: auto (probe), onednn, default (backends/fast_linear)
+        matmul: str | None = None,  # fp32 linear kernel: auto (probe), onednn, mkl, default (backends/fast_linear)
     ) -> "HFBackend":
         """Load a model like lm-eval's ``--model hf --model_args ...`` (empty = embedded)."""
         import torch
@@ -302,7 +302,7 @@ class HFBackend(Backend):
             load_args["matmul"] = choose_matmul(model, matmul)  # a ~1 s probe; describe() reports it
         else:
             load_args["matmul"] = {"matmul": "default", "requested": requested_mode(matmul),
-                                   "reason": "oneDNN linear is for fp32 on the CPU"}
+                                   "reason": "the packed linear kernels are for fp32 on the CPU"}
         return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,
                    load_args=load_args, max_batch=None if batch_size in (None, "auto") else int(batch_size))
 
