@@ -15,11 +15,21 @@ Compared, on ECE (15 bins) and AUROC:
   ``option_prob_norm``), ``platt`` (on ``option_prob``);
 * ``combined``: the probe and stacker of :mod:`llmcal.probe` fitted on the pool (needs hidden states);
 * ``constant``: the pool's accuracy given to every answer;
-* ``<calibration>+atc`` / ``+doc``: the calibration rescaled to the target's accuracy estimated from its
-  unlabeled calibration part (``--adapt unlabeled``).
+* ``<calibration>+atc`` / ``+doc`` / ``+atc_prior``: the calibration rescaled to the target's accuracy
+  estimated from its unlabeled calibration part (``--adapt unlabeled``); ``...~0.25``: the same, each
+  confidence then pulled toward the estimate by ``unlabeled.shrink_toward`` (factor ``CONFIDENCE_SHRINK``);
+* ``oracle:temperature`` / ``oracle:temperature~0.25``: temperature rescaled to the target's *true* test
+  accuracy (a bound no label-free method reaches, not a method; left out of the targets).
 
 Prints the matrix, the means, the cells worse than the constant, and the issue's targets; writes
 ``transfer.json`` and ``transfer.md`` under ``--out``.  Exit status 0 whatever they say.
+
+``--nested``: the honest number for the two defaults of ``--adapt unlabeled`` (ATC's weight in
+``atc_prior`` and the shrink factor), which the matrix above reports at values chosen on these very
+targets.  For each target, every (weight, shrink) of a small grid is scored by an *inner*
+leave-one-task-out over the other tasks alone (each inner target in turn, fitted on the remaining
+ones); the pair with the lowest inner mean ECE is then applied to the outer target.  Printed per
+calibration (``temperature``, ``platt``), with the pair each target chose.
 """
 
 from __future__ import annotations
@@ -41,7 +51,7 @@ RAW = ("option_prob", "option_prob_norm")
 SINGLE = ("option_prob", "option_prob_norm", "margin", "entropy")
 #: The label-free accuracy estimators compared (``--estimator``); the product's default is the one with the
 #: lowest mean ECE over the leave-one-task-out cells.
-ADAPT_ESTIMATORS = ("atc", "doc", "atc@option_prob_norm", "doc@option_prob_norm")
+ADAPT_ESTIMATORS = ("atc", "doc", "atc@option_prob_norm", "doc@option_prob_norm", "atc_prior@option_prob_norm")
 
 
 def load(paths: list[str]):
@@ -94,6 +104,7 @@ def ece_floor(conf: np.ndarray, n_bins: int = 15, draws: int = 200, seed: int = 
 def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -> dict[str, Any]:
     from llmcal.core.split import split_indices
     from llmcal.pipeline.evaluate import metrics_with_ci
+    from llmcal.calibrators.unlabeled import CONFIDENCE_SHRINK, shrink_toward
     from llmcal.pipeline.transfer import adapt_calibration, evaluate_transfer, parse_estimator
 
     splits = {t: split_indices([s.task for s in r["samples"]], cal_fraction, seed) for t, r in runs.items()}
@@ -131,14 +142,33 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
             if name not in cals:
                 continue
             a = adapt_calibration(cals[name], pool, unlabeled, est_name, reference=gauge)
+            conf = a.confidences(test)
+            est_acc = float(a.info["estimated_accuracy"])
+            for suffix, c in (("", conf), (f"~{CONFIDENCE_SHRINK:g}", shrink_toward(conf, est_acc))):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    m = metrics_with_ci(c, y, 15, 0, seed)
+                rows[f"{name}+{est}{suffix}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
+                                                 "beats_constant_ece": m["ece"] < const["ece"],
+                                                 "beats_constant_brier": m["brier"] < const["brier"],
+                                                 "estimated_accuracy": est_acc,
+                                                 "ece_floor": ece_floor(c, seed=seed)}
+    if "temperature" in cals:  # the bound: temperature rescaled to the true test accuracy (reads labels)
+        from llmcal.calibrators.unlabeled import T_BOUNDS, solve_monotone
+        from llmcal.pipeline.transfer import _with_temperature
+
+        lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+        lt = solve_monotone(lambda l: float(_with_temperature(cals["temperature"], np.exp(l)).confidences(test).mean()),
+                            lo, hi, float(y.mean()), increasing=False, steps=50)
+        oc = _with_temperature(cals["temperature"], float(np.exp(lt))).confidences(test)
+        for suffix, c in (("", oc), (f"~{CONFIDENCE_SHRINK:g}", shrink_toward(oc, float(y.mean())))):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                m = metrics_with_ci(a.confidences(test), y, 15, 0, seed)
-            rows[f"{name}+{est}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
-                                     "beats_constant_ece": m["ece"] < const["ece"],
-                                     "beats_constant_brier": m["brier"] < const["brier"],
-                                     "estimated_accuracy": a.info["estimated_accuracy"],
-                                     "ece_floor": ece_floor(a.confidences(test), seed=seed)}
+                m = metrics_with_ci(c, y, 15, 0, seed)
+            rows[f"oracle:temperature{suffix}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
+                                                   "beats_constant_ece": m["ece"] < const["ece"],
+                                                   "beats_constant_brier": m["brier"] < const["brier"],
+                                                   "ece_floor": ece_floor(c, seed=seed)}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from llmcal import metrics as M
@@ -146,6 +176,71 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
         single = {s: float(M.auroc(np.array([t.signals[s] for t in test]), y)) for s in SINGLE}
     return {"rows": rows, "errors": errors, "single_auroc": single, "accuracy": float(y.mean()),
             "pool_accuracy": const["confidence"], "n_test": len(test_idx), "n_pool": len(pool)}
+
+
+NESTED_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+NESTED_SHRINKS = (0.25, 0.5, 0.75, 1.0)
+
+
+def adapted_grid(runs: dict, splits: dict, sources: list[str], target: str,
+                 names=("temperature", "platt")) -> dict[tuple, float]:
+    """ECE on ``target``'s test part of each (calibration, ATC weight, shrink), fitted on ``sources``' calibration
+    parts, the target's calibration part read without labels; plus ("constant",) for the pool's accuracy."""
+    from llmcal import metrics as M
+    from llmcal.calibrators.calibration import Calibration
+    from llmcal.calibrators.unlabeled import (T_BOUNDS, apply_logit_shift, atc_estimate, logit_shift_for_mean,
+                                              shrink_toward, solve_monotone)
+    from llmcal.pipeline.transfer import _with_temperature
+
+    pool = [runs[t]["samples"][i] for t in sources for i in splits[t][0]]
+    unl = [runs[target]["samples"][i] for i in splits[target][0]]
+    test = [runs[target]["samples"][i] for i in splits[target][1]]
+    y_src = np.array([s.correct for s in pool], dtype=float)
+    y = np.array([s.correct for s in test], dtype=float)
+    cals, _ = fit_pool(pool, tuple(c for c in CALIBRATIONS if c[0] in names))
+    gauge = Calibration.fit(pool, "option_prob_norm", "platt")
+    atc = atc_estimate(gauge.confidences(pool), y_src, gauge.confidences(unl))
+    out = {("constant",): float(M.ece(np.full(len(y), y_src.mean()), y, 15))}
+    lo, hi = np.log(T_BOUNDS[0]), np.log(T_BOUNDS[1])
+    for w in NESTED_WEIGHTS:
+        est = float(w * atc + (1 - w) * y_src.mean())
+        for name in names:
+            if name not in cals:
+                continue
+            cal = cals[name]
+            if name == "temperature":
+                lt = solve_monotone(lambda l: float(_with_temperature(cal, np.exp(l)).confidences(unl).mean()),
+                                    lo, hi, est, increasing=False, steps=50)
+                conf = _with_temperature(cal, float(np.exp(lt))).confidences(test)
+            else:
+                conf = apply_logit_shift(cal.confidences(test), logit_shift_for_mean(cal.confidences(unl), est))
+            for a in NESTED_SHRINKS:
+                out[(name, w, a)] = float(M.ece(shrink_toward(conf, est, a), y, 15))
+    return out
+
+
+def nested(runs: dict, cal_fraction: float, seed: int) -> dict[str, Any]:
+    """Nested leave-one-task-out for (ATC weight, shrink) per calibration; see the module docstring."""
+    from llmcal.core.split import split_indices
+
+    splits = {t: split_indices([s.task for s in r["samples"]], cal_fraction, seed) for t, r in runs.items()}
+    tasks = list(runs)
+    res: dict[str, Any] = {}
+    for t in tasks:
+        srcs = [u for u in tasks if u != t]
+        inner = {u: adapted_grid(runs, splits, [v for v in srcs if v != u], u) for u in srcs}
+        outer = adapted_grid(runs, splits, srcs, t)
+        for name in ("temperature", "platt"):
+            keys = [k for k in outer if k[0] == name]
+            if not keys:
+                continue
+            mean_inner = {k: float(np.mean([inner[u][k] for u in srcs if k in inner[u]])) for k in keys}
+            pick = min(keys, key=lambda k: mean_inner[k])
+            res.setdefault(name, {})[t] = {"weight": pick[1], "shrink": pick[2], "inner_mean_ece": mean_inner[pick],
+                                           "ece": outer[pick], "constant_ece": outer[("constant",)],
+                                           "beats_constant_ece": outer[pick] < outer[("constant",)]}
+        print(f"nested: {t} done", file=sys.stderr, flush=True)
+    return res
 
 
 def summarize(cells: dict[str, dict]) -> dict[str, Any]:
@@ -166,7 +261,7 @@ def summarize(cells: dict[str, dict]) -> dict[str, Any]:
                                                        if m in c["rows"] and not c["rows"][m]["beats_constant_ece"])
     single = {s: float(np.mean([c["single_auroc"][s] for c in cells.values()])) for s in SINGLE}
     out["mean_single_auroc"] = single
-    transferred = [m for m in methods if m not in ("constant",) and "+" not in m]
+    transferred = [m for m in methods if m not in ("constant",) and "+" not in m and not m.startswith("oracle:")]
     best = min(transferred, key=lambda m: out["mean_ece"][m])
     adapted = [m for m in methods if "+" in m]
     best_adapted = min(adapted, key=lambda m: out["mean_ece"][m]) if adapted else None
@@ -186,7 +281,7 @@ def summarize(cells: dict[str, dict]) -> dict[str, Any]:
 
 def compact_methods(summary: dict[str, Any], n_adapted: int = 2) -> list[str]:
     """The matrix's columns: every unadapted method, then the ``n_adapted`` adapted ones with the lowest mean ECE."""
-    plain = [m for m in summary["mean_ece"] if "+" not in m]
+    plain = [m for m in summary["mean_ece"] if "+" not in m and not m.startswith("oracle:")]
     adapted = sorted((m for m in summary["mean_ece"] if "+" in m), key=lambda m: summary["mean_ece"][m])
     return plain + adapted[:n_adapted]
 
@@ -235,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cal_fraction", type=float, default=0.5)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no_probe", action="store_true", help="skip `combined` (runs without hidden states)")
+    p.add_argument("--nested", action="store_true", help="also the nested leave-one-task-out of --adapt unlabeled's "
+                   "two defaults (ATC weight, shrink)")
     args = p.parse_args(argv)
     t0 = time.perf_counter()
     runs = load(args.runs)
@@ -253,12 +350,21 @@ def main(argv: list[str] | None = None) -> int:
           + "\n\nMean AUROC of the single raw signals: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary["mean_single_auroc"].items())
           + "\n\n### Every method, by mean ECE\n\n" + means_table(summary) + "\n")
+    nest = nested(runs, args.cal_fraction, args.seed) if args.nested else None
+    if nest:
+        md += ("\n### Nested leave-one-task-out: (ATC weight, shrink) chosen on the other tasks alone\n\n"
+               "| calibration | mean ECE | cells worse than constant | (weight, shrink) chosen per target |\n"
+               "|---|---:|---:|---|\n")
+        for name, per in nest.items():
+            md += (f"| {name}+atc_prior@option_prob_norm (nested) | {np.mean([v['ece'] for v in per.values()]):.3f} | "
+                   f"{sum(not v['beats_constant_ece'] for v in per.values())} | "
+                   + ", ".join(f"{t} ({v['weight']:g}, {v['shrink']:g})" for t, v in per.items()) + " |\n")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from llmcal.records.results import clean
 
     payload = {"runs": args.runs, "cells": cells, "summary": summary, "seconds": time.perf_counter() - t0,
-               "loadavg": load_avg}
+               "loadavg": load_avg, "nested": nest}
     (out / "transfer.json").write_text(json.dumps(clean(payload), indent=2))
     (out / "transfer.md").write_text(md)
     print(md)

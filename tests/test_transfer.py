@@ -253,7 +253,7 @@ def test_adapt_unlabeled_rescales_to_the_estimated_accuracy_without_reading_targ
     g = adapt_calibration(cal, src, tgt, name, reference=gauge)
     assert g.info["read"] == "platt on option_prob_norm" and g.info["estimated_accuracy"] == pytest.approx(
         atc_estimate(gauge.confidences(src), [s.correct for s in src], gauge.confidences(tgt)))
-    with pytest.raises(ValueError, match=r"--estimator: 'mean'; expected atc or doc, optionally @SIGNAL"):
+    with pytest.raises(ValueError, match=r"--estimator: 'mean'; expected atc, doc, atc_prior, optionally @SIGNAL"):
         parse_estimator("mean", src)
     # a calibrator without a temperature is moved by a logit shift instead
     iso = Calibration.fit(src, "option_prob", "isotonic")

@@ -50,7 +50,7 @@ ADAPT_MODES = (None, "unlabeled")
 #: Platt on SIGNAL, see :func:`parse_estimator`), chosen by leave-one-task-out over the eight
 #: multiple-choice tasks (benchmarks/transfer.py; docs/benchmarks.md "Under shift"); free-form runs
 #: have no ``option_prob_norm``, so they read each calibration itself.
-DEFAULT_ESTIMATOR = {"mc": "atc@option_prob_norm", "open": "doc"}
+DEFAULT_ESTIMATOR = {"mc": "atc_prior@option_prob_norm", "open": "doc"}
 
 
 # ------------------------------------------------------------------ rows of the table
@@ -116,21 +116,30 @@ class Adapted:
     calibration: Calibration | None = None  # the rescaled temperature calibration, when it is one
 
     def confidences(self, samples: Sequence[Any]) -> np.ndarray:
-        if self.calibration is not None:
-            return self.calibration.confidences(samples)
-        from llmcal.calibrators.unlabeled import apply_logit_shift
+        from llmcal.calibrators.unlabeled import apply_logit_shift, shrink_toward
 
-        return apply_logit_shift(self.base.confidences(samples), self.info["logit_shift"])
+        if self.calibration is not None:
+            conf = self.calibration.confidences(samples)
+        else:
+            conf = apply_logit_shift(self.base.confidences(samples), self.info["logit_shift"])
+        shrink = self.info.get("shrink", 1.0)
+        return conf if shrink == 1.0 else shrink_toward(conf, self.info["estimated_accuracy"], shrink)
 
 
 def adapt_calibration(cal: Calibration, source_samples: Sequence[Any], target_samples: Sequence[Any],
-                      estimator: str = "doc", reference: Calibration | None = None) -> Adapted:
+                      estimator: str = "doc", reference: Calibration | None = None,
+                      shrink: float = 1.0) -> Adapted:
     """Rescale ``cal`` so its mean confidence on the unlabeled ``target_samples`` equals the target
     accuracy that ``estimator`` predicts from them (the labels of ``source_samples`` are used, the
     target's never are).  ``reference``: the calibration whose confidences the estimator reads
-    (default ``cal`` itself; e.g. one on ``option_prob_norm``, a better gauge of difficulty)."""
+    (default ``cal`` itself; e.g. one on ``option_prob_norm``, a better gauge of difficulty).
+    ``shrink`` in (0, 1]: then pull each confidence toward the estimate by that factor
+    (:func:`llmcal.calibrators.unlabeled.shrink_toward`; ranking and mean kept; 1 = none)."""
     from llmcal.calibrators.unlabeled import (T_BOUNDS, estimate_accuracy, logit_shift_for_mean,
                                               solve_monotone)
+
+    if not 0.0 < float(shrink) <= 1.0:
+        raise ValueError(f"adapt_calibration: shrink must be in (0, 1], got {shrink!r}")
 
     ref = cal if reference is None else reference
     source_samples = _usable(ref, source_samples)
@@ -139,7 +148,8 @@ def adapt_calibration(cal: Calibration, source_samples: Sequence[Any], target_sa
     est = estimate_accuracy(estimator, ref.confidences(source_samples), src_y,
                             ref.confidences(_usable(ref, target_samples)))
     info: dict[str, Any] = {"estimator": estimator, "estimated_accuracy": est, "read": ref.describe(),
-                            "mean_confidence_before": float(tgt_conf.mean()), "n_unlabeled": len(target_samples)}
+                            "mean_confidence_before": float(tgt_conf.mean()), "n_unlabeled": len(target_samples),
+                            "shrink": float(shrink)}
     state = cal.state.to_dict() if cal.state is not None else {}
     # a temperature over the options: the mean top probability falls monotonically with T; the binary
     # form sigmoid(logit(p) / T) only pulls towards 1/2, so it (like any other calibrator) is shifted
@@ -162,7 +172,7 @@ def parse_estimator(spec: str, source_samples: Sequence[Any]) -> tuple[str, Cali
 
     name, _, signal = str(spec).partition("@")
     if name not in ESTIMATORS:
-        raise ValueError(f"--estimator: {spec!r}; expected {' or '.join(ESTIMATORS)}, optionally @SIGNAL "
+        raise ValueError(f"--estimator: {spec!r}; expected {', '.join(ESTIMATORS)}, optionally @SIGNAL "
                          f"(e.g. atc@option_prob_norm)")
     if not signal:
         return name, None
@@ -178,7 +188,7 @@ def evaluate_transfer(calibrations: Mapping[str, Calibration], source_samples: S
                       target_samples: Sequence[Sample], cal_idx: np.ndarray, test_idx: np.ndarray, *,
                       source_accuracy: float | None = None, adapt: str | None = None,
                       estimator: str | None = None, extra: Mapping[str, np.ndarray] | None = None,
-                      in_task: bool = True, n_bins: int = 15, n_bootstrap: int = 1000,
+                      shrink: float | None = None, in_task: bool = True, n_bins: int = 15, n_bootstrap: int = 1000,
                       seed: int = 0) -> dict[str, Any]:
     """The transfer table on arrays already in memory (what :func:`transfer` and the benchmark share).
 
@@ -187,6 +197,8 @@ def evaluate_transfer(calibrations: Mapping[str, Calibration], source_samples: S
     ``cal_idx`` / ``test_idx`` split; ``extra``: more transferred confidences on the target's test
     part, (n_test,) each (the probe's ``combined``).
     """
+    from llmcal.calibrators.unlabeled import CONFIDENCE_SHRINK
+
     if adapt not in ADAPT_MODES:
         raise ValueError(f"--adapt: {adapt!r} is not one of: unlabeled")
     y = np.array([bool(s.correct) for s in target_samples], dtype=float)
@@ -217,7 +229,8 @@ def evaluate_transfer(calibrations: Mapping[str, Calibration], source_samples: S
         out["transferred"][cname] = row
         if adapt == "unlabeled":
             unlabeled = [target_samples[i] for i in cal_idx]
-            a = adapt_calibration(cal, source_samples, _usable(cal, unlabeled), est_name, reference=gauge)
+            a = adapt_calibration(cal, source_samples, _usable(cal, unlabeled), est_name, reference=gauge,
+                                  shrink=CONFIDENCE_SHRINK if shrink is None else shrink)
             arow = judge(_metrics(a.confidences([s for s, k in zip(test, keep) if k]), y_test[keep], **kw), const)
             arow["adaptation"] = {**a.info, "spec": estimator}
             out["adapted"][cname] = arow
