@@ -101,9 +101,20 @@ def ece_floor(conf: np.ndarray, n_bins: int = 15, draws: int = 200, seed: int = 
     return float(np.mean([M.ece(conf, (rng.random(len(conf)) < conf).astype(float), n_bins) for _ in range(draws)]))
 
 
+def _scored(conf: np.ndarray, y: np.ndarray, const: dict, seed: int) -> dict[str, Any]:
+    """One method's row: ECE, AUROC, Brier (no bootstrap), whether it beats the constant, its ECE floor."""
+    from llmcal.pipeline.evaluate import metrics_with_ci
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = metrics_with_ci(conf, y, 15, 0, seed)
+    return {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
+            "beats_constant_ece": m["ece"] < const["ece"], "beats_constant_brier": m["brier"] < const["brier"],
+            "ece_floor": ece_floor(conf, seed=seed)}
+
+
 def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -> dict[str, Any]:
     from llmcal.core.split import split_indices
-    from llmcal.pipeline.evaluate import metrics_with_ci
     from llmcal.calibrators.unlabeled import CONFIDENCE_SHRINK, shrink_toward
     from llmcal.pipeline.transfer import adapt_calibration, evaluate_transfer, parse_estimator
 
@@ -145,14 +156,7 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
             conf = a.confidences(test)
             est_acc = float(a.info["estimated_accuracy"])
             for suffix, c in (("", conf), (f"~{CONFIDENCE_SHRINK:g}", shrink_toward(conf, est_acc))):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    m = metrics_with_ci(c, y, 15, 0, seed)
-                rows[f"{name}+{est}{suffix}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
-                                                 "beats_constant_ece": m["ece"] < const["ece"],
-                                                 "beats_constant_brier": m["brier"] < const["brier"],
-                                                 "estimated_accuracy": est_acc,
-                                                 "ece_floor": ece_floor(c, seed=seed)}
+                rows[f"{name}+{est}{suffix}"] = {**_scored(c, y, const, seed), "estimated_accuracy": est_acc}
     if "temperature" in cals:  # the bound: temperature rescaled to the true test accuracy (reads labels)
         from llmcal.calibrators.unlabeled import T_BOUNDS, solve_monotone
         from llmcal.pipeline.transfer import _with_temperature
@@ -162,13 +166,7 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
                             lo, hi, float(y.mean()), increasing=False, steps=50)
         oc = _with_temperature(cals["temperature"], float(np.exp(lt))).confidences(test)
         for suffix, c in (("", oc), (f"~{CONFIDENCE_SHRINK:g}", shrink_toward(oc, float(y.mean())))):
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                m = metrics_with_ci(c, y, 15, 0, seed)
-            rows[f"oracle:temperature{suffix}"] = {"ece": m["ece"], "auroc": m["auroc"], "brier": m["brier"],
-                                                   "beats_constant_ece": m["ece"] < const["ece"],
-                                                   "beats_constant_brier": m["brier"] < const["brier"],
-                                                   "ece_floor": ece_floor(c, seed=seed)}
+            rows[f"oracle:temperature{suffix}"] = _scored(c, y, const, seed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         from llmcal import metrics as M

@@ -274,7 +274,7 @@ def test_auto_takes_the_fastest_exact_kernel_and_falls_back_when_it_is_not_exact
     times = {None: 1.0, "onednn": 0.8, "mkl": 0.5}
     monkeypatch.setattr(fast_linear, "_time_shapes", lambda m, kernel, budget: (times[kernel], 1e9))
     exact = {"onednn": True, "mkl": True}
-    monkeypatch.setattr(fast_linear, "exactness", lambda m, n_tokens=(12,), kernel="onednn": {
+    monkeypatch.setattr(fast_linear, "exactness", lambda m, n_tokens=(12,), kernel="onednn", keep=False: {
         "max_delta_logprob": 0.0 if exact[kernel] else 1e-2, "same_argmax": True, "exact": exact[kernel]})
     try:
         got = fast_linear.choose_matmul(model, "auto")

@@ -245,14 +245,16 @@ def _logprobs(model, ids):
         return torch.log_softmax(model(input_ids=ids, use_cache=False).logits.float(), dim=-1)  # (1, t, vocab)
 
 
-def exactness(model, n_tokens: tuple[int, ...] = (12, PROBE_ROWS), kernel: str = "onednn") -> dict[str, Any]:
+def exactness(model, n_tokens: tuple[int, ...] = (12, PROBE_ROWS), kernel: str = "onednn",
+              keep: bool = False) -> dict[str, Any]:
     """Max |delta log-prob| and argmax agreement of ``kernel`` against the default path on fixed sequences.
 
     One sequence a length of ``n_tokens``, so that every way a packed kernel runs is checked
     (MKL's: padded to 16 rows, and exactly 16; fewer rows run the default path itself).  The log-probs compared are
     those llmcal reads: each next token's (scoring) and each position's argmax (greedy
     decoding); the far tail of the vocabulary, which no signal reads, differs by a few ulps
-    more and is not part of the check.
+    more and is not part of the check.  ``keep``: leave the model on ``kernel`` afterwards (the
+    probe that is about to use it then packs the weights once, not twice).
     """
     import torch
 
@@ -265,7 +267,8 @@ def exactness(model, n_tokens: tuple[int, ...] = (12, PROBE_ROWS), kernel: str =
     refs = [_logprobs(model, ids) for ids in seqs]
     enable_packed(model, kernel)
     gots = [_logprobs(model, ids) for ids in seqs]
-    disable_onednn(model)
+    if not keep:
+        disable_onednn(model)
     delta, same = 0.0, True
     for ids, ref, got in zip(seqs, refs, gots):
         top = ref.argmax(-1)  # (1, t)
@@ -273,7 +276,7 @@ def exactness(model, n_tokens: tuple[int, ...] = (12, PROBE_ROWS), kernel: str =
         read = torch.stack([top, following], dim=2)  # (1, t, 2)
         delta = max(delta, float((got.gather(2, read) - ref.gather(2, read)).abs().max()))
         same = same and bool((got.argmax(-1) == top).all())
-    if was_on is not None:
+    if was_on is not None and not keep:
         enable_packed(model, was_on)
     return {"max_delta_logprob": delta, "same_argmax": same, "exact": delta <= MAX_DELTA and same}
 
@@ -379,7 +382,7 @@ def choose_matmul(model, matmul: str | None = None) -> dict[str, Any]:
     if not order:  # no need to check what will not be used
         info["reason"] = "no packed kernel is faster on this CPU"
     for k in order:
-        check = exactness(model, kernel=k)
+        check = exactness(model, kernel=k, keep=True)  # the model is on k now
         info.update(check)
         info["checked"] = k
         if mode in KERNELS:
@@ -391,7 +394,10 @@ def choose_matmul(model, matmul: str | None = None) -> dict[str, Any]:
             break
         info["reason"] = f"{k} is not exact here (max |delta log-prob| {check['max_delta_logprob']:.2e})"
     if use is not None:
-        enable_packed(model, use)
+        if packed_kernel(model) != use:  # exactness(keep=True) normally left it packed already
+            enable_packed(model, use)
         info["matmul"] = use
+    elif order:  # a kernel was checked and refused: back on the default path
+        disable_onednn(model)
     info["probe_seconds"] = round(time.perf_counter() - start, 3)
     return info

@@ -327,14 +327,22 @@ def next_token_logprobs(backend, encoded: Sequence[Sequence[int]], pad: int):
     model, device = backend.model, backend.device
     store = prompt_cache(backend)
     with torch.inference_mode():
-        entries = [store.get(tuple(e)) for e in encoded]
-        if all(entry is not None for entry in entries):
-            store.hits += len(entries)
+        entries = _stored(store, encoded)
+        if entries is not None:
             logits = torch.stack([entry[1] for entry in entries]).to(device)  # (b, vocab)
         else:
-            store.misses += len(entries)
             logits, _, _ = _prefill(model, encoded, pad, device, store)
         return torch.log_softmax(logits.float(), dim=-1)  # (b, vocab)
+
+
+def _stored(store: PromptCache, encoded):
+    """Every prompt's stored entry when all are stored (a hit), else None (a miss: prefill them)."""
+    entries = [store.get(tuple(e)) for e in encoded]
+    if all(entry is not None for entry in entries):
+        store.hits += len(entries)
+        return entries
+    store.misses += len(entries)
+    return None
 
 
 def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float, n: int,
@@ -350,12 +358,10 @@ def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, te
     model, device = backend.model, backend.device
     store = prompt_cache(backend)
     with torch.inference_mode():
-        entries = [store.get(tuple(e)) for e in encoded]
-        if all(entry is not None for entry in entries):
-            store.hits += len(entries)
+        entries = _stored(store, encoded)
+        if entries is not None:
             logits, cache, mask = _assemble(entries, device)
         else:
-            store.misses += len(entries)
             logits, cache, mask = _prefill(model, encoded, pad, device, store)
         mask = mask.to(device)
         next_pos = mask.sum(-1)  # (b,) the position of each row's first new token
