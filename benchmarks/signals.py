@@ -116,8 +116,12 @@ def user_messages(items) -> list[str]:
 
 
 def run_llmcal(backend, messages: list[str], batch: int, max_new: int, items=None,
-               ptrue: str = "chat") -> tuple[list[dict], float]:
+               ptrue: str = "chat", continuous: bool = True) -> tuple[list[dict], float]:
     """Greedy answers + token signals + llmcal's P(True), batched; seconds exclude loading.
+
+    ``continuous``: every question in one ``generate`` call, at most ``batch`` rows decoded at a
+    time (``decode_rows``; questions join as rows finish, ``lean_decode.decode``); else one call
+    per ``batch`` questions (static batches, as LM-Polygraph runs).
 
     ``ptrue="chat"``: llmcal's default, P(True) asked as the next chat turn right after the greedy
     call (``measure_open.ptrue_chat``: the answers' keys/values reused); ``"paper"``: the
@@ -129,6 +133,7 @@ def run_llmcal(backend, messages: list[str], batch: int, max_new: int, items=Non
 
     prompts = [backend.apply_chat_template(m) for m in messages]
     vocab = backend.vocab_size
+    backend.decode_rows = batch
     settings = OpenSettings()
 
     def one_batch(lo: int, hi: int) -> list[dict]:
@@ -157,8 +162,9 @@ def run_llmcal(backend, messages: list[str], batch: int, max_new: int, items=Non
     prompt_cache(backend).forget_prompts()
     t0 = time.perf_counter()
     rows = []
-    for lo in range(0, len(prompts), batch):
-        rows += one_batch(lo, min(lo + batch, len(prompts)))
+    chunk = len(prompts) if continuous else batch
+    for lo in range(0, len(prompts), chunk):
+        rows += one_batch(lo, min(lo + chunk, len(prompts)))
     return rows, time.perf_counter() - t0
 
 

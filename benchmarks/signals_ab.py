@@ -6,7 +6,7 @@
 checkout's ``src`` for the change); run the two sides one after the other, alternating, under
 the same pinning. Loads the embedded model (fp32), answers 4 warm-up ``builtin_open`` questions,
 then times ``pipeline.measure_open.answer_batch`` (greedy, token family, P(True), verbalized,
-k = 5 agreement + semantic entropy) over the next ``N`` in chunks of ``CHUNK`` (16, as ``llmcal run`` does),
+k = 5 agreement + semantic entropy) over the next ``N`` in chunks of ``CHUNK`` (the checkout's own ``measure_open.CHUNK``, as ``llmcal run`` does),
 and writes the seconds, the load average, the backend's matmul choice and every answer, reply
 and signal to ``OUT.json``, so two sides can be compared item by item.
 """
@@ -16,7 +16,6 @@ import sys
 import time
 
 src, n, out_path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-chunk = int(sys.argv[4]) if len(sys.argv) > 4 else 16
 sys.path.insert(0, src)
 import llmcal  # noqa: E402
 
@@ -26,6 +25,12 @@ from llmcal.backends.embedder import Embedder  # noqa: E402
 from llmcal.backends.hf import HFBackend  # noqa: E402
 from llmcal.pipeline.measure_open import OpenSettings, answer_batch  # noqa: E402
 from llmcal.tasks.registry import load_task  # noqa: E402
+
+try:  # the chunk llmcal run uses in that checkout (16 before continuous batching)
+    from llmcal.pipeline.measure_open import CHUNK  # noqa: E402
+except ImportError:
+    CHUNK = 16
+chunk = int(sys.argv[4]) if len(sys.argv) > 4 else CHUNK
 
 start = time.perf_counter()
 backend = HFBackend.load()

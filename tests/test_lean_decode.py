@@ -80,6 +80,61 @@ def test_greedy_equals_generate(backend, monkeypatch, stop):
     assert finishes == {"stop", "length"} if stop else "length" in finishes  # both endings were exercised
 
 
+def _count_groups(monkeypatch):
+    """Record the size of each group of prompts that starts decoding, and each join to a running batch."""
+    from llmcal.backends import lean_decode
+
+    seen = {"groups": [], "joins": 0}
+    start, join = lean_decode._start, lean_decode._join
+
+    def counted_start(model, store, encoded, *a, **k):
+        seen["groups"].append(len(encoded))
+        return start(model, store, encoded, *a, **k)
+
+    def counted_join(*a, **k):
+        seen["joins"] += 1
+        return join(*a, **k)
+
+    monkeypatch.setattr(lean_decode, "_start", counted_start)
+    monkeypatch.setattr(lean_decode, "_join", counted_join)
+    return seen
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3])
+@pytest.mark.parametrize("stop", [("\n",), ()])
+def test_continuous_batching_gives_the_answers_of_one_batch(backend, monkeypatch, rows, stop):
+    """Fewer decode rows than prompts: prompts join the batch as rows finish (continuous batching),
+    and every answer, log-prob and entropy is that of ``generate`` on the whole batch (1e-4, fp32)."""
+    ref = _generate(backend, monkeypatch, "generate", max_new_tokens=12, stop=stop)
+    seen = _count_groups(monkeypatch)
+    monkeypatch.setattr(backend, "decode_rows", rows)
+    lean = _generate(backend, monkeypatch, "lean", max_new_tokens=12, stop=stop)
+    _same(ref, lean)
+    assert sum(seen["groups"]) == len(QUESTIONS) and max(seen["groups"]) <= rows
+    if rows == 2 and stop:  # these rows end at different steps: waiting prompts joined a running batch
+        assert seen["joins"] >= 1
+    assert all(len(g[0].token_logprobs) <= 12 for g in lean)
+
+
+def test_continuous_batching_of_samples_is_reproducible_and_from_the_model(backend, monkeypatch):
+    """k samples a prompt with room for two prompts' samples at a time: a seed reproduces them, and
+    each sample's log-probs are the model's own, rescored (the joined cache holds the right keys)."""
+    kw = dict(max_new_tokens=16, temperature=1.2, n=2, seed=11, stop=("\n",))
+    seen = _count_groups(monkeypatch)
+    monkeypatch.setattr(backend, "decode_rows", 4)
+    a = _generate(backend, monkeypatch, "lean", **kw)
+    assert max(seen["groups"]) <= 2 and seen["joins"] >= 1
+    _same(a, _generate(backend, monkeypatch, "lean", **kw), tol=0)
+    tok = backend.tokenizer
+    for p, gens in zip(_prompts(), a):
+        ids = tok(p, add_special_tokens=False).input_ids
+        for g in gens:
+            with torch.inference_mode():
+                logp = torch.log_softmax(backend.model(torch.tensor([ids + g.token_ids])).logits[0].float(), -1)
+            want = [float(logp[len(ids) - 1 + s, t]) for s, t in enumerate(g.token_ids)]
+            assert np.allclose(g.token_logprobs[: len(want)], want, atol=1e-4)
+
+
 def test_samples_reproducible_and_from_the_model(backend, monkeypatch):
     kw = dict(max_new_tokens=10, temperature=0.8, n=4, seed=11, stop=("\n",))
     a = _generate(backend, monkeypatch, "lean", **kw)
@@ -167,13 +222,17 @@ def test_follow_up_prompts_reuse_the_earlier_prompt(backend, monkeypatch):
     _same(generate_hf(backend, follow, max_new_tokens=8), lean)
 
 
-def test_next_token_logprobs_reuse_the_answer_and_equal_a_fresh_score(backend, monkeypatch):
+@pytest.mark.parametrize("rows", [None, 2])
+def test_next_token_logprobs_reuse_the_answer_and_equal_a_fresh_score(backend, monkeypatch, rows):
     """The follow-up P(True) path: after the greedy answers, the follow-up prompt's next-token
     log-probs reuse the answers' keys/values (only what follows them is prefilled) and equal the
-    packed scorer's log-probs of the same one-token continuations on an empty cache (1e-4, fp32)."""
+    packed scorer's log-probs of the same one-token continuations on an empty cache (1e-4, fp32);
+    also when the answers were decoded two rows at a time (continuous batching)."""
     from llmcal.backends.lean_decode import _known_part, prompt_cache
     from llmcal.core.requests import MCRequest
 
+    if rows:
+        monkeypatch.setattr(backend, "decode_rows", rows)
     first = _generate(backend, monkeypatch, "lean", max_new_tokens=6)
     follow = [p + g[0].text + "\nis it right? a or b\n>" for p, g in zip(_prompts(), first)]
     ids = [backend.tokenizer(f, add_special_tokens=False).input_ids for f in follow]
@@ -468,3 +527,14 @@ def test_the_speed_probe_is_timed_once_per_machine(backend, monkeypatch, tmp_pat
     except (OSError, StopIteration):
         flags = []
     assert all(f in key.split("|")[0].split() for f in flags if f.startswith("avx"))
+
+
+def test_decode_rows_is_a_model_arg_and_is_described(backend):
+    from llmcal.backends.hf import HFBackend
+    from llmcal.backends.lean_decode import DECODE_ROWS
+    from llmcal.backends.model_args import parse_model_args
+
+    assert parse_model_args("decode_rows=8") == {"decode_rows": 8}
+    assert backend.decode_rows == DECODE_ROWS and backend.describe()["decode_rows"] == DECODE_ROWS
+    assert HFBackend(backend.model, backend.tokenizer, "tiny", decode_rows=3).describe()["decode_rows"] == 3
+    assert HFBackend(backend.model, backend.tokenizer, "tiny", decode_rows=0).decode_rows == 1

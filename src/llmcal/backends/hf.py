@@ -197,8 +197,13 @@ class HFBackend(Backend):
         load_args: dict | None = None,
         answer_hidden: bool = True,
         max_batch: int | None = None,
+        decode_rows: int | None = None,
     ) -> None:
+        from llmcal.backends.lean_decode import DECODE_ROWS
+
         self.model = model.eval()
+        # rows the lean decoder runs together at most; more prompts join as rows finish (lean_decode.decode)
+        self.decode_rows = DECODE_ROWS if decode_rows in (None, "auto") else max(1, int(decode_rows))
         # lm-eval's --batch_size: at most this many items a forward pass (None: --max_tokens alone decides)
         self.max_batch = None if max_batch in (None, "auto") else max(1, int(max_batch))
         # also keep the mean hidden state over each option's tokens (costs one
@@ -236,6 +241,7 @@ class HFBackend(Backend):
         attn_implementation: str = "sdpa",
         batch_size: int | str | None = None,  # lm-eval's: items a scoring pass at most ("auto": max_tokens only)
         matmul: str | None = None,  # fp32 linear kernel: auto (probe), onednn, mkl, default (backends/fast_linear)
+        decode_rows: int | None = None,  # rows decoded together at most (continuous batching, lean_decode)
     ) -> "HFBackend":
         """Load a model like lm-eval's ``--model hf --model_args ...`` (empty = embedded)."""
         import torch
@@ -304,7 +310,8 @@ class HFBackend(Backend):
             load_args["matmul"] = {"matmul": "default", "requested": requested_mode(matmul),
                                    "reason": "the packed linear kernels are for fp32 on the CPU"}
         return cls(model, tok, name, max_tokens=max_tokens, hidden_layers=hidden_layers, device=device,
-                   load_args=load_args, max_batch=None if batch_size in (None, "auto") else int(batch_size))
+                   load_args=load_args, max_batch=None if batch_size in (None, "auto") else int(batch_size),
+                   decode_rows=decode_rows)
 
     @classmethod
     def parse_model_args(cls, text: str | None, dtype: str | None = None, base: dict | None = None) -> dict:
@@ -333,6 +340,7 @@ class HFBackend(Backend):
             "n_layers": self.n_layers,
             "hidden_size": self.hidden_size,
             "hidden_layers": list(self.hidden_layers),
+            "decode_rows": self.decode_rows,
             "torch": torch.__version__,
             "transformers": transformers.__version__,
         }

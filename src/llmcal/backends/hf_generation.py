@@ -122,7 +122,7 @@ def generate_hf(
 
         rows = decode(backend, encoded, max_new_tokens=int(max_new_tokens), temperature=float(temperature),
                       n=int(n), seed=seed, top_k=top_k, stop=stop, eos_ids=eos_ids, pad=pad,
-                      event=getattr(_cancel, "event", None))
+                      event=getattr(_cancel, "event", None), max_rows=getattr(backend, "decode_rows", None))
     names: dict[int, str] = {}  # each top-k token's text, decoded once per call
 
     def name(t: int) -> str:

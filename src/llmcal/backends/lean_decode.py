@@ -23,7 +23,8 @@ token statistics afterwards.  This loop:
   tokens), so a follow-up that quotes the answer after its prompt (the
   verbalized question) prefills only what follows the answer;
 * **drops finished rows** from the batch (and from the cache) as soon as they
-  stop;
+  stop, and lets waiting prompts **join** the running batch in their place
+  (continuous batching, at most ``decode_rows`` rows a step);
 * computes the per-token statistics the :class:`~llmcal.core.requests.Generation`
   keeps (chosen log-prob, entropy, top-k) on the live rows of each step only,
   and decodes each top-k token string once per call.
@@ -40,7 +41,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Sequence
 
-PROMPT_CACHE_BYTES = 256 * 2**20  # what the prompt cache may hold (keys/values of recent prompts)
+PROMPT_CACHE_BYTES = 512 * 2**20  # what the prompt cache may hold (keys/values of recent prompts)
 MIN_SHARED_PREFIX = 8  # a shared prefix shorter than this is not worth a separate pass
 MAX_PREFIXES = 8  # shared prefixes kept (one a distinct template start)
 
@@ -91,7 +92,7 @@ class PromptCache:
 
     def put_answer(self, ids: tuple[int, ...], layers, logits) -> None:
         size = self._size(layers, logits)
-        if ids in self.answers or self._answer_bytes + size > self.max_bytes // 4:
+        if ids in self.answers or self._answer_bytes + size > self.max_bytes // 2:
             return
         self.answers[ids] = (layers, logits)
         self._answer_bytes += size
@@ -345,40 +346,107 @@ def _stored(store: PromptCache, encoded):
     return None
 
 
+# Rows decoded together at most (HFBackend ``decode_rows``, see :func:`decode`): a decode step's cost
+# per row falls until the step turns compute-bound.  Measured on the embedded model, fp32, one
+# thread (docs/benchmarks.md, "Continuous batching"): 6.5 ms a row at 16 rows, 4.0 at 64, 3.8 at
+# 80, 3.4 at 128 (the FLOP floor is 2.3).
+DECODE_ROWS = 128
+ADMIT_SHARE = 4  # new prompts join once a quarter of the rows are free (a prefill pass has a fixed cost)
+
+
+def _start(model, store: PromptCache, encoded, pad: int, device, n: int):
+    """A group of prompts ready to decode: their first-token logits, cache, mask and next positions.
+
+    Stored prompts are assembled from the store (no model call), the others prefilled; each
+    prompt's cache is then forked ``n`` times (one copy a sample, prompt-major).
+    """
+    entries = _stored(store, encoded)
+    if entries is not None:
+        logits, cache, mask = _assemble(entries, device)
+    else:
+        logits, cache, mask = _prefill(model, encoded, pad, device, store)
+    mask = mask.to(device)
+    next_pos = mask.sum(-1)  # (b,) the position of each row's first new token
+    if n > 1:  # fork: one copy of each prompt's cache a sample
+        cache.batch_repeat_interleave(n)
+        logits, mask, next_pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, next_pos))
+    return logits, cache, mask, next_pos
+
+
+def _join(running, joining):
+    """One batch from two: the caches and masks right-aligned (left-padded, the padding masked out).
+
+    ``running`` and ``joining`` are ``(logits, cache, mask, next_pos)``; every row keeps its own
+    positions, so each row's numbers are those it would have decoded alone, up to float rounding.
+    """
+    import torch
+    import torch.nn.functional as F
+    from transformers import DynamicCache
+
+    (la, ca, ma, pa), (lb, cb, mb, pb) = running, joining
+    w = max(ma.shape[1], mb.shape[1])
+    pad_a, pad_b = w - ma.shape[1], w - mb.shape[1]
+    cache = DynamicCache()
+    for i, (x, y) in enumerate(zip(ca.layers, cb.layers)):
+        keys = torch.cat([F.pad(x.keys, (0, 0, pad_a, 0)), F.pad(y.keys, (0, 0, pad_b, 0))])  # (ra + rb, kv, w, d)
+        values = torch.cat([F.pad(x.values, (0, 0, pad_a, 0)), F.pad(y.values, (0, 0, pad_b, 0))])
+        cache.update(keys, values, i)
+    mask = torch.cat([F.pad(ma, (pad_a, 0)), F.pad(mb, (pad_b, 0))])  # (ra + rb, w)
+    return torch.cat([la, lb]), cache, mask, torch.cat([pa, pb])
+
+
 def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, temperature: float, n: int,
-           seed: int, top_k: int, stop: Sequence[str], eos_ids: Sequence[int], pad: int, event=None):
-    """Decode ``n`` continuations of each tokenized prompt.
+           seed: int, top_k: int, stop: Sequence[str], eos_ids: Sequence[int], pad: int, event=None,
+           max_rows: int | None = None):
+    """Decode ``n`` continuations of each tokenized prompt, at most ``max_rows`` rows at a time.
 
     Returns, one per row (prompt-major, ``n`` rows a prompt), ``(token ids, chosen log-probs,
     entropies, top-k ids, top-k log-probs)``, each a list with one entry per generated token
     (the end-of-sequence token included, as ``generate`` returns it).
+
+    **Continuous batching.** Prompts beyond the first ``max_rows // n`` wait; as rows finish
+    and leave the batch, waiting prompts are prefilled and joined to it (:func:`_join`) once
+    a quarter of the rows are free, so the steps run near ``max_rows`` rows instead of
+    trailing off to one or two (a step of one row costs half a step of sixteen here: the
+    weights are read either way).  Orca (Yu et al., OSDI 2022) calls this iteration-level
+    scheduling.  ``max_rows`` None decodes every prompt in one batch.  Where the model's cache
+    is not the plain per-layer kind (sliding-window layers), a group joins only once the
+    batch is empty.
     """
     import torch
 
     model, device = backend.model, backend.device
+    if int(max_new_tokens) <= 0 or not encoded:
+        return [([], [], [], [], []) for _ in range(len(encoded) * n)]
     store = prompt_cache(backend)
+    group = len(encoded) if not max_rows else max(1, int(max_rows) // max(1, n))  # prompts a batch at most
     with torch.inference_mode():
-        entries = _stored(store, encoded)
-        if entries is not None:
-            logits, cache, mask = _assemble(entries, device)
-        else:
-            logits, cache, mask = _prefill(model, encoded, pad, device, store)
-        mask = mask.to(device)
-        next_pos = mask.sum(-1)  # (b,) the position of each row's first new token
-        if n > 1:  # fork: one copy of each prompt's cache a sample
-            cache.batch_repeat_interleave(n)
-            logits, mask, next_pos = (x.repeat_interleave(n, dim=0) for x in (logits, mask, next_pos))
-        rows = logits.shape[0]
-        live = torch.arange(rows)  # the output row of each batch row
+        logits, cache, mask, next_pos = _start(model, store, encoded[:group], pad, device, n)
+        waiting = group  # the next prompt to join
+        rows = len(encoded) * n
+        live = torch.arange(logits.shape[0])  # the output row of each batch row
         out = [([], [], [], [], []) for _ in range(rows)]
         eos = torch.tensor(list(eos_ids) or [-1], device=device)
         gen = torch.Generator(device=device).manual_seed(int(seed))
         tok = backend.tokenizer
         cache_arg = _cache_arg(model)
-        keep_answers = n == 1 and temperature <= 0 and _plain_cache_layers(cache)
+        plain = _plain_cache_layers(cache)
+        keep_answers = n == 1 and temperature <= 0 and plain
         if keep_answers:  # this call's answers replace the previous call's (its prefill has used them)
             store.new_answers()
-        for step in range(int(max_new_tokens)):
+        cap = group * n
+        while True:
+            free = cap - logits.shape[0]
+            if waiting < len(encoded) and (logits.shape[0] == 0 or (plain and free >= max(n, cap // ADMIT_SHARE))):
+                take = encoded[waiting: waiting + free // n]
+                joining = _start(model, store, take, pad, device, n)
+                first = torch.arange(waiting * n, (waiting + len(take)) * n)
+                if logits.shape[0] == 0:
+                    (logits, cache, mask, next_pos), live = joining, first
+                else:
+                    logits, cache, mask, next_pos = _join((logits, cache, mask, next_pos), joining)
+                    live = torch.cat([live, first])
+                waiting += len(take)
             logp = torch.log_softmax(logits, dim=-1)  # (r, vocab), the model's own distribution (T = 1)
             if temperature > 0:
                 chosen = sample_rows(logits, float(temperature), gen)  # (r,)
@@ -398,17 +466,23 @@ def decode(backend, encoded: Sequence[Sequence[int]], *, max_new_tokens: int, te
                 if top_k > 0:
                     rec[3].append(ti_l[j])
                     rec[4].append(tl_l[j])
-                if stop and not done[j]:
+                if len(rec[0]) >= max_new_tokens:
+                    done[j] = True
+                elif stop and not done[j]:
                     text = tok.decode(rec[0], skip_special_tokens=True)
                     if any(s and s in text for s in stop):
                         done[j] = True
-            last = (event is not None and event.is_set()) or step + 1 == max_new_tokens or bool(done.all())
+            cancelled = event is not None and event.is_set()
+            last = cancelled or (bool(done.all()) and waiting >= len(encoded))
             if keep_answers:  # the greedy answers' keys/values, for the follow-ups that quote them
                 _store_answers(store, cache, mask, logits, live, done if not last else None, encoded, out)
             if last:
                 break
             if bool(done.any()):  # drop finished rows from the batch and its cache
                 keep = (~done).nonzero().squeeze(1)
+                if len(keep) == 0:  # the batch is empty: the next group starts it afresh
+                    logits = logits[:0]
+                    continue
                 cache.batch_select_indices(keep)
                 live, mask, next_pos, chosen = live[keep.cpu()], mask[keep], next_pos[keep], chosen[keep]
             mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)  # (r, t + 1)

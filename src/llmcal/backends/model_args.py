@@ -26,7 +26,7 @@ MODEL_ALIASES = {
 
 _KNOWN_KEYS = {
     "pretrained", "gguf_file", "dtype", "revision", "trust_remote_code", "device",
-    "batch_size", "max_tokens", "tokenizer", "attn_implementation", "matmul",
+    "batch_size", "max_tokens", "tokenizer", "attn_implementation", "matmul", "decode_rows",
 }
 
 

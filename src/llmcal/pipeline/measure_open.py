@@ -17,6 +17,12 @@ For each question (batched, resumable like :mod:`llmcal.pipeline.measure`):
    ``sample_temperature``, clustered by meaning with the greedy one
    (``signals/agreement``, ``backends/embedder``).
 
+Items go in chunks of :data:`CHUNK`; a chunk's records are appended together, so an
+interrupted run redoes at most one chunk.  A local model decodes a chunk's prompts (and
+their ``k`` samples) up to ``decode_rows`` rows a step, prompts joining as rows finish
+(:func:`llmcal.backends.lean_decode.decode`): 32 items a chunk rather than 16 keeps the
+steps wide, 1.13x on the default free-form set (docs/benchmarks.md, "Continuous batching").
+
 Each record keeps what each signal cost (seconds, extra forward passes,
 extra generated tokens, per item) so ``benchmarks/signals.py`` can tabulate it.
 """
@@ -28,6 +34,8 @@ from dataclasses import asdict, dataclass
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+CHUNK = 32  # items answered together (see the module docstring)
 
 from llmcal.core.sample import Sample
 from llmcal.records.run_dir import RunDir
@@ -115,7 +123,7 @@ def measure_open(
     items: Sequence[OpenItem],
     backend_factory: Callable[[], Any],
     settings: OpenSettings,
-    chunk: int = 16,
+    chunk: int = CHUNK,
     progress: bool = True,
     embedder_factory: Callable[[], Any] | None = None,
 ) -> int:
