@@ -538,3 +538,18 @@ def test_decode_rows_is_a_model_arg_and_is_described(backend):
     assert backend.decode_rows == DECODE_ROWS and backend.describe()["decode_rows"] == DECODE_ROWS
     assert HFBackend(backend.model, backend.tokenizer, "tiny", decode_rows=3).describe()["decode_rows"] == 3
     assert HFBackend(backend.model, backend.tokenizer, "tiny", decode_rows=0).decode_rows == 1
+
+
+def test_end_token_ids_are_kept_and_follow_a_changed_generation_config(backend):
+    from llmcal.backends.hf_generation import end_token_ids
+
+    cfg = backend.model.generation_config
+    before = cfg.eos_token_id
+    first = end_token_ids(backend)
+    assert first == end_token_ids(backend) and 0 in first
+    try:
+        cfg.eos_token_id = [0, 5]
+        assert end_token_ids(backend)[:2] == [0, 5]
+    finally:
+        cfg.eos_token_id = before
+    assert end_token_ids(backend) == first
