@@ -79,10 +79,15 @@ def fit_pool(pool: list, calibrations=CALIBRATIONS) -> tuple[dict[str, Any], dic
     return cals, errors
 
 
-def combined_on(pool_rf, target_rf, seed: int) -> np.ndarray:
+def combined_on(pool_rf, target_rf, seed: int, info: dict | None = None) -> np.ndarray:
+    """``combined`` fitted on ``pool_rf``, on ``target_rf``; ``info`` (if given) gets the stacker's choice
+    (the anchor signal and the penalty on the other inputs, see :mod:`llmcal.probe.combine`)."""
     from llmcal.probe.protocol import ProbeSettings, fit_all
 
     f = fit_all(pool_rf, ProbeSettings(seed=seed))
+    if info is not None:
+        cv = f.artifact.combiner.cv_
+        info.update({k: cv.get(k) for k in ("param", "anchor", "chosen")})
     return f.artifact.predict(target_rf)["combined"]
 
 
@@ -123,13 +128,13 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
     tgt = runs[target]["samples"]
     cal_idx, test_idx = splits[target]
     cals, errors = fit_pool(pool)
-    extra = {}
+    extra, stacker = {}, {}
     if probe:
         from llmcal.probe.features import concat_features, load_run_features
 
         rfs = {t: r.setdefault("rf", load_run_features(r["path"], compute_fingerprint=False)) for t, r in runs.items()}
         pool_rf = concat_features([rfs[t].subset(splits[t][0]) for t in runs if t != target])
-        extra["combined"] = combined_on(pool_rf, rfs[target].subset(test_idx), seed)
+        extra["combined"] = combined_on(pool_rf, rfs[target].subset(test_idx), seed, stacker)
     res = evaluate_transfer(cals, pool, tgt, cal_idx, test_idx, adapt=None, extra=extra, in_task=False,
                             n_bootstrap=0, seed=seed)
     const = res["constant"]
@@ -172,7 +177,7 @@ def cell(runs: dict, target: str, cal_fraction: float, seed: int, probe: bool) -
         from llmcal import metrics as M
 
         single = {s: float(M.auroc(np.array([t.signals[s] for t in test]), y)) for s in SINGLE}
-    return {"rows": rows, "errors": errors, "single_auroc": single, "accuracy": float(y.mean()),
+    return {"rows": rows, "errors": errors, "single_auroc": single, "accuracy": float(y.mean()), "stacker": stacker,
             "pool_accuracy": const["confidence"], "n_test": len(test_idx), "n_pool": len(pool)}
 
 
@@ -321,6 +326,14 @@ def table(cells: dict[str, dict], summary: dict[str, Any], metric: str) -> str:
     return "\n".join(rows)
 
 
+def stacker_line(cells: dict[str, dict]) -> str:
+    """Per target, the anchor of ``combined``'s stacker and the penalty chosen on its other inputs ("inf":
+    the anchor and the chance logit alone), or "" when no cell fitted an anchored stacker."""
+    parts = [f"{t} ({c['stacker']['anchor']}, {c['stacker']['chosen']})" for t, c in cells.items()
+             if (c.get("stacker") or {}).get("param") == "anchor_penalty"]
+    return ("\n\n`combined`'s stacker, anchor and penalty chosen on the other tasks: " + ", ".join(parts)) if parts else ""
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="transfer", description=__doc__.split("\n\n")[0])
     p.add_argument("runs", nargs="+", help="run folders, one task each, one model")
@@ -347,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
           "the constant)\n\n" + table(cells, summary, "ece") + "\n\n### AUROC\n\n" + table(cells, summary, "auroc")
           + "\n\nMean AUROC of the single raw signals: "
           + ", ".join(f"{k} {v:.3f}" for k, v in summary["mean_single_auroc"].items())
+          + (f" (combined {summary['mean_auroc']['combined']:.4f} against the best single "
+             f"{max(summary['mean_single_auroc'].values()):.4f})" if "combined" in summary["mean_auroc"] else "")
+          + stacker_line(cells)
           + "\n\n### Every method, by mean ECE\n\n" + means_table(summary) + "\n")
     nest = nested(runs, args.cal_fraction, args.seed) if args.nested else None
     if nest:
