@@ -33,6 +33,9 @@ only at the end-of-turn token (LM-Polygraph's default stopping), batch ``--batch
   True/False after the paper's prompt);
 * throughput, items per second, model loading excluded, one warm-up batch each.
 
+``--sweep 8,16,32,48`` instead times both tools at each batch size (interleaved) and prints
+the ratio of each tool at its best size beside the ratio at each size.
+
 Exits non-zero when values disagree beyond the stated tolerance.
 """
 
@@ -273,6 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=int(os.environ.get("LLMCAL_THREADS", "2")))
     ap.add_argument("--skip", default="", help="comma list of parts to skip: cost, peer, lean, bf16")
     ap.add_argument("--json", default=None, help="write every number here")
+    ap.add_argument("--sweep", default="", help="comma list of batch sizes: time both tools at each (llmcal's "
+                    "default P(True) and LM-Polygraph's default calculators only) and compare each at its best")
     args = ap.parse_args(argv)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}
 
@@ -315,6 +320,8 @@ def main(argv=None) -> int:
     del lm_polygraph
 
     messages = user_messages(items)
+    if args.sweep:
+        return _finish(out, args, sweep(backend, messages, items, args, pg_version, out))
     correct_grader = [(it.grader, it.answers, it.incorrect) for it in items]
     paper, t_paper = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens, items, ptrue="paper")
     ours, t_ours = run_llmcal(backend, messages, args.batch_size, args.max_new_tokens, items, ptrue="chat")
@@ -406,6 +413,46 @@ def main(argv=None) -> int:
         ok = False
         print("fewer than 90% of the answers are token-identical")
     return _finish(out, args, 0 if ok else 1)
+
+
+def sweep(backend, messages: list[str], items, args, pg_version: str, out: dict) -> int:
+    """Both tools at each batch size of ``--sweep``, interleaved (llmcal, then the peer, a size at a time).
+
+    A user runs each tool at the batch size that suits it: LM-Polygraph decodes a static batch
+    until its longest answer ends (its padded rows keep computing), llmcal drops finished rows and
+    admits waiting ones.  The table gives both at every size and the ratio of each tool's best.
+    Exits 1 when an llmcal run's answers differ from the peer's at the same size on more than 10%.
+    """
+    from llmcal.backends.hf_generation import end_token_ids
+    from llmcal.backends.registry import load_backend
+
+    sizes = [int(x) for x in args.sweep.split(",") if x.strip()]
+    eager = load_backend("hf", dtype="float32", attn_implementation="eager", matmul="default")
+    eager.tokenizer.padding_side = "left"
+    eos = set(end_token_ids(backend))
+    rows, ok = [], True
+    for b in sizes:
+        ours, t_ours = run_llmcal(backend, messages, b, args.max_new_tokens, items, ptrue="chat")
+        stats, t_peer = run_polygraph(eager.model, eager.tokenizer, messages, b, args.max_new_tokens, False)
+        same = compare(ours, stats, eos)["same_tokens"]
+        ok &= same >= 0.9 * len(items)
+        rows.append({"batch": b, "llmcal_s": t_ours, "peer_s": t_peer, "same_tokens": same, "load": _loadavg()})
+        print(f"batch {b}: llmcal {t_ours:.1f} s, LM-Polygraph {t_peer:.1f} s, same answer tokens {same}/{len(items)}, "
+              f"load {rows[-1]['load']}", flush=True)
+    print(f"\n## Each tool at each batch size ({len(items)} questions, greedy, <= {args.max_new_tokens} tokens, fp32, "
+          f"LM-Polygraph {pg_version} default calculators, llmcal's default P(True) in the chat)\n")
+    print("| batch (both) | llmcal s | LM-Polygraph s | ratio at this size | same answer tokens | load |")
+    print("|---:|---:|---:|---:|---:|---|")
+    for r in rows:
+        print(f"| {r['batch']} | {r['llmcal_s']:.1f} | {r['peer_s']:.1f} | {r['peer_s'] / r['llmcal_s']:.2f}x | "
+              f"{r['same_tokens']}/{len(items)} | {r['load']} |")
+    best_ours = min(rows, key=lambda r: r["llmcal_s"])
+    best_peer = min(rows, key=lambda r: r["peer_s"])
+    ratio = best_peer["peer_s"] / best_ours["llmcal_s"]
+    print(f"\neach at its best: llmcal {best_ours['llmcal_s']:.1f} s (batch {best_ours['batch']}) against "
+          f"LM-Polygraph {best_peer['peer_s']:.1f} s (batch {best_peer['batch']}): **{ratio:.2f}x**")
+    out["sweep"] = {"rows": rows, "best_vs_best": ratio}
+    return 0 if ok else 1
 
 
 def _loadavg() -> str:
