@@ -12,7 +12,8 @@ Compared, on ECE (15 bins) and AUROC:
 
 * raw ``option_prob``, raw ``option_prob_norm``;
 * ``temperature`` (on the option log-likelihoods), ``temperature_norm`` (temperature on
-  ``option_prob_norm``), ``platt`` (on ``option_prob``);
+  ``option_prob_norm``), ``platt`` (on ``option_prob``), ``platt_chance`` (Platt floored at chance,
+  1/k of each answer's options, on ``option_prob_norm``; :mod:`llmcal.calibrators.chance_platt`);
 * ``combined``: the probe and stacker of :mod:`llmcal.probe` fitted on the pool (needs hidden states);
 * ``constant``: the pool's accuracy given to every answer;
 * ``<calibration>+atc`` / ``+doc`` / ``+atc_prior``: the calibration rescaled to the target's accuracy
@@ -46,7 +47,8 @@ import numpy as np
 
 CALIBRATIONS = (("temperature", "option_prob", "temperature"),
                 ("temperature_norm", "option_prob_norm", "temperature"),
-                ("platt", "option_prob", "platt"))
+                ("platt", "option_prob", "platt"),
+                ("platt_chance", "option_prob_norm", "platt_chance"))
 RAW = ("option_prob", "option_prob_norm")
 SINGLE = ("option_prob", "option_prob_norm", "margin", "entropy")
 #: The label-free accuracy estimators compared (``--estimator``); the product's default is the one with the

@@ -7,6 +7,7 @@ name               class                      reference
 ``temperature``    :class:`TemperatureScaling` Guo et al. 2017 (multi-class logits or binary)
 ``temperature_norm`` :class:`PerTokenTemperatureScaling` the same on per-token option log-likelihoods
 ``platt``          :class:`PlattScaling`      Platt 1999
+``platt_chance``   :class:`ChancePlatt`       Platt floored at chance 1/k (Birnbaum's 3PL, guessing known)
 ``isotonic``       :class:`IsotonicCalibrator` Zadrozny & Elkan 2002 (scikit-learn's PAV)
 ``histogram``      :class:`HistogramBinning`  Zadrozny & Elkan 2001
 ``beta``           :class:`BetaCalibration`   Kull, Silva Filho & Flach 2017
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 from llmcal.calibrators.base import Calibrator
 from llmcal.calibrators.beta import BetaCalibration
+from llmcal.calibrators.chance_platt import ChancePlatt
 from llmcal.calibrators.calibration import (
     Calibration,
     CalibrationSet,
@@ -41,6 +43,7 @@ from llmcal.calibrators.temperature import PerTokenTemperatureScaling, Temperatu
 __all__ = [
     "CALIBRATORS",
     "BetaCalibration",
+    "ChancePlatt",
     "Calibration",
     "CalibrationSet",
     "Calibrator",

@@ -73,6 +73,9 @@ class Calibrator:
     #: for a calibrator that accepts logits: whether a multiple-choice calibration feeds it the
     #: per-token (length-normalized) option log-likelihoods instead of the summed ones
     per_token_logits: ClassVar[bool] = False
+    #: whether ``fit`` and ``predict`` also take each answer's number of options (``n_options``, (n,)):
+    #: a calibrator whose floor is chance, 1/k (:class:`~llmcal.calibrators.chance_platt.ChancePlatt`)
+    needs_options: ClassVar[bool] = False
 
     # -- the scikit-learn-style surface ---------------------------------------------------
 

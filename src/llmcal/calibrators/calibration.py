@@ -140,6 +140,19 @@ def option_logit_matrix(samples: Sequence[Any], why: str = "", per_token: bool =
     return out
 
 
+def options_of(samples: Sequence[Any], why: str = "") -> np.ndarray:
+    """(n,) each multiple-choice sample's number of options (what a calibrator floored at chance, 1/k,
+    reads); a sample with fewer than two raises :class:`MissingSignalError`."""
+    out = np.empty(len(samples))
+    for i, s in enumerate(samples):
+        k = len(getattr(s, "option_logprobs", ()) or ())
+        if k < 2:
+            raise MissingSignalError(f"sample {s.id!r} has no options (a free-form answer?)"
+                                     + (f"; {why} needs their number" if why else ""))
+        out[i] = k
+    return out
+
+
 def predictions_of(samples: Sequence[Any]) -> np.ndarray:
     """(n,) each multiple-choice sample's predicted option: its ``prediction``, else the argmax of
     its summed option log-likelihoods (lm-eval's ``acc``; what every signal is the confidence in)."""
@@ -310,19 +323,27 @@ class Calibration:
             labels = np.array([s.reference for s in samples])
         else:
             values = cls.none(signal, kind)._values(samples, who)
+        n_options = None
+        if state0 is not None and state0.needs_options:
+            if kind != "mc":
+                raise ValueError(f"{who}: {calibrator} is floored at chance (1/k of the options), so it needs "
+                                 "multiple-choice answers; this run is free-form")
+            n_options = options_of(samples, who)
         return cls.fit_arrays(signal, calibrator, correct, values=values, logits=logits, labels=labels,
-                              kind=kind, threshold=threshold, fingerprint=fingerprint, context=context,
-                              **fitted_on)
+                              n_options=n_options, kind=kind, threshold=threshold, fingerprint=fingerprint,
+                              context=context, **fitted_on)
 
     @classmethod
     def fit_arrays(cls, signal: str, calibrator: str, correct: np.ndarray, values: np.ndarray | None = None,
-                   logits: np.ndarray | None = None, labels: np.ndarray | None = None, *, kind: str = "mc",
+                   logits: np.ndarray | None = None, labels: np.ndarray | None = None,
+                   n_options: np.ndarray | None = None, *, kind: str = "mc",
                    threshold: float = 0.75, fingerprint: dict[str, Any] | None = None,
                    context: dict[str, Any] | None = None, **fitted_on: Any) -> "Calibration":
         """:meth:`fit` on arrays: ``values`` (n,) the signal, ``correct`` (n,) 0/1, and for a
         multiple-choice fit the option ``logits`` (n, k) (``-inf`` padded; per-token ones for
         ``temperature_norm``: ``option_logit_matrix(..., per_token=True)``) with the reference
-        ``labels`` (n,).  For callers that hold arrays, not samples (the probe protocol)."""
+        ``labels`` (n,); ``n_options`` (n,) each answer's number of options for a calibrator floored
+        at chance (``platt_chance``).  For callers that hold arrays, not samples (the probe protocol)."""
         kw = dict(kind=kind, threshold=threshold, fingerprint=fingerprint, context=context or {},
                   fitted_on=fitted_on)
         if calibrator == NONE:
@@ -336,7 +357,10 @@ class Calibration:
         else:
             if values is None:
                 raise ValueError(f"Calibration.fit_arrays: pass the {signal!r} values to fit {calibrator} on")
-            state.fit(values, correct)
+            if state.needs_options:
+                state.fit(values, correct, n_options=n_options)
+            else:
+                state.fit(values, correct)
         return cls(signal=signal, calibrator=calibrator, state=state, **kw)
 
     @staticmethod
@@ -395,10 +419,11 @@ class Calibration:
 
     # ------------------------------------------------------------------ applying
     def predict(self, values: np.ndarray | None = None, logits: np.ndarray | None = None,
-                predictions: np.ndarray | None = None) -> np.ndarray:
+                predictions: np.ndarray | None = None, n_options: np.ndarray | None = None) -> np.ndarray:
         """Calibrated confidence (n,) from arrays: the signal ``values`` (n,), or for a calibration
         on the option log-likelihoods the ``logits`` (n, k), any k >= 2, ``-inf`` padded -- per-token
-        ones with the ``predictions`` (n,) (the summed argmax) for ``temperature_norm``."""
+        ones with the ``predictions`` (n,) (the summed argmax) for ``temperature_norm``; ``n_options`` (n,)
+        for a calibrator floored at chance (``platt_chance``)."""
         if self.uses_logits:
             if logits is None:
                 raise ValueError(f"{self.describe()}: pass the option log-likelihoods (logits)")
@@ -413,6 +438,8 @@ class Calibration:
             raise ValueError(f"{self.describe()}: pass the {self.signal!r} values")
         if self.state is None:
             return np.asarray(values, dtype=np.float64)
+        if self.state.needs_options:
+            return np.asarray(self.state.predict(values, n_options=n_options), dtype=np.float64)
         return np.asarray(self.state.predict(values), dtype=np.float64)
 
     def confidences(self, samples: Sequence[Any]) -> np.ndarray:
@@ -422,6 +449,8 @@ class Calibration:
         if self.uses_logits:
             return self.predict(logits=option_logit_matrix(samples, why=self.describe(), per_token=self.per_token),
                                 predictions=predictions_of(samples))
+        if self.state is not None and self.state.needs_options:
+            return self.predict(values=self._values(samples), n_options=options_of(samples, self.describe()))
         return self.predict(values=self._values(samples))
 
     def confidence(self, sample: Any) -> float:

@@ -6,6 +6,7 @@ from typing import Any
 
 from llmcal.calibrators.base import Calibrator
 from llmcal.calibrators.beta import BetaCalibration
+from llmcal.calibrators.chance_platt import ChancePlatt
 from llmcal.calibrators.histogram import HistogramBinning
 from llmcal.calibrators.isotonic import IsotonicCalibrator
 from llmcal.calibrators.platt import PlattScaling
@@ -15,6 +16,7 @@ CALIBRATORS: dict[str, type[Calibrator]] = {
     "temperature": TemperatureScaling,
     "temperature_norm": PerTokenTemperatureScaling,
     "platt": PlattScaling,
+    "platt_chance": ChancePlatt,
     "isotonic": IsotonicCalibrator,
     "histogram": HistogramBinning,
     "beta": BetaCalibration,
