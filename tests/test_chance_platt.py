@@ -135,3 +135,12 @@ def test_a_free_form_run_is_refused_with_the_reason():
     open_samples = [open_sample(i, {"mean_token_prob": 0.3 + 0.01 * i}, bool(i % 2)) for i in range(20)]
     with pytest.raises(ValueError, match="needs multiple-choice answers; this run is free-form"):
         Calibration.fit(open_samples, "mean_token_prob", "platt_chance")
+
+
+def test_the_probe_refuses_it_and_names_what_it_can_use():
+    from llmcal.pipeline.config import ProbeConfig
+    from llmcal.pipeline.probe_step import probe_settings
+
+    with pytest.raises(ValueError, match=r"--calibrator: platt_chance reads each answer's number of options.*"
+                                         r"choose among beta, histogram, isotonic, platt, temperature"):
+        probe_settings(ProbeConfig(calibrator="platt_chance"), model=None)

@@ -61,8 +61,12 @@ def probe_settings(pc: ProbeConfig, model, model_positions: list[str] | None = N
         raise ValueError(f"--components: expected a number or 'all', got {comp!r}")
     from llmcal.calibrators import CALIBRATORS
 
+    usable = sorted(n for n, c in CALIBRATORS.items() if not c.needs_options)
     if pc.calibrator not in CALIBRATORS:
-        raise ValueError(f"--calibrator: unknown {pc.calibrator!r}; known: {', '.join(sorted(CALIBRATORS))}")
+        raise ValueError(f"--calibrator: unknown {pc.calibrator!r}; known: {', '.join(usable)}")
+    if CALIBRATORS[pc.calibrator].needs_options:
+        raise ValueError(f"--calibrator: {pc.calibrator} reads each answer's number of options, which the probe's "
+                         f"scores do not carry; choose among {', '.join(usable)}")
     pos_spec = str(pc.positions).strip().lower()
     positions = None
     if pos_spec == "all":
