@@ -18,7 +18,7 @@ of options enters the map itself, so a 2-option answer can never be given less t
 between tasks with different k.  Leave-one-task-out over eight multiple-choice tasks on the
 embedded model (800 items each; docs/benchmarks.md "Under shift"), applied unchanged on
 ``option_prob_norm``: mean ECE 0.104 against 0.125 for ``temperature_norm``, 0.130 for
-``temperature`` and 0.168 for a constant at the pool's accuracy.
+``temperature`` and 0.167 for a constant at the pool's accuracy.
 
 Fitted by maximum likelihood (L-BFGS-B, the analytic gradient) with the slope bounded at
 ``a >= 0``, so the map is non-decreasing and never inverts the ranking; where the optimum sits
@@ -36,6 +36,7 @@ from typing import ClassVar
 import numpy as np
 
 from llmcal.calibrators.base import Calibrator, logit, sigmoid
+from llmcal.calibrators.platt import negative_slope_problem, platt_targets
 from llmcal.core.validation import as_confidence
 
 #: The confidence above chance is clipped to [SKILL_EPS, 1 - SKILL_EPS] before its logit: an answer
@@ -90,10 +91,7 @@ class ChancePlatt(Calibrator):
 
         p, c = self._check_binary_fit(x, correct)
         k = as_n_options(n_options, len(p), "ChancePlatt")
-        y = c.astype(np.float64)
-        if self.smooth_targets:
-            n_pos = float(np.count_nonzero(c))
-            y = np.where(c, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (len(c) - n_pos + 2.0))
+        y = platt_targets(c, self.smooth_targets)
         z = skill_logit(p, k)  # (n,)
         g = 1.0 / k
 
@@ -128,6 +126,4 @@ class ChancePlatt(Calibrator):
 
     def state_problem(self) -> str | None:
         """A loaded slope must be non-negative (a negative one inverts the ranking of answers)."""
-        if hasattr(self, "a_") and isinstance(self.a_, (int, float)) and self.a_ < 0:
-            return f"field 'state.a_': {self.a_!r} is negative (it would invert the ranking of answers)"
-        return super().state_problem()
+        return negative_slope_problem(self) or super().state_problem()

@@ -27,6 +27,24 @@ import numpy as np
 from llmcal.calibrators.base import Calibrator, fit_logistic, logit, sigmoid
 
 
+def platt_targets(c: np.ndarray, smooth: bool) -> np.ndarray:
+    """Platt's fit targets for correctness ``c`` (n,): 0/1, or with ``smooth`` his Bayesian ones,
+    ``(N+ + 1) / (N+ + 2)`` for a right answer and ``1 / (N- + 2)`` for a wrong one."""
+    if not smooth:
+        return c.astype(np.float64)
+    n_pos = float(np.count_nonzero(c))
+    n_neg = float(len(c) - n_pos)
+    return np.where(c, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
+
+
+def negative_slope_problem(cal: Calibrator) -> str | None:
+    """Why a loaded slope ``a_`` is refused (a negative one inverts the ranking of answers), or None."""
+    a = getattr(cal, "a_", None)
+    if isinstance(a, (int, float)) and a < 0:
+        return f"field 'state.a_': {a!r} is negative (it would invert the ranking of answers)"
+    return None
+
+
 class PlattScaling(Calibrator):
     """Platt scaling on the logit of the confidence; learned ``a_`` (slope, >= 0) and ``b_`` (intercept)."""
 
@@ -39,12 +57,7 @@ class PlattScaling(Calibrator):
         self.smooth_targets = bool(smooth_targets)
 
     def _fit(self, p: np.ndarray, c: np.ndarray) -> None:
-        target = c.astype(np.float64)
-        if self.smooth_targets:
-            n_pos = float(np.count_nonzero(c))
-            n_neg = float(len(c) - n_pos)
-            target = np.where(c, (n_pos + 1.0) / (n_pos + 2.0), 1.0 / (n_neg + 2.0))
-        w = fit_logistic(logit(p)[:, None], target, "PlattScaling")
+        w = fit_logistic(logit(p)[:, None], platt_targets(c, self.smooth_targets), "PlattScaling")
         if w[0] < 0.0:
             raise ValueError(
                 f"PlattScaling: confidence is not positively related to correctness on these {len(c)} "
@@ -55,9 +68,7 @@ class PlattScaling(Calibrator):
 
     def state_problem(self) -> str | None:
         """A loaded slope must be non-negative (a negative one inverts the ranking)."""
-        if hasattr(self, "a_") and isinstance(self.a_, (int, float)) and self.a_ < 0:
-            return f"field 'state.a_': {self.a_!r} is negative (it would invert the ranking of answers)"
-        return super().state_problem()
+        return negative_slope_problem(self) or super().state_problem()
 
     def _predict(self, p: np.ndarray) -> np.ndarray:
         return sigmoid(self.a_ * logit(p) + self.b_)
