@@ -553,3 +553,30 @@ def test_end_token_ids_are_kept_and_follow_a_changed_generation_config(backend):
     finally:
         cfg.eos_token_id = before
     assert end_token_ids(backend) == first
+
+
+@pytest.mark.parametrize("dense_call", [True, False], ids=["linear_pointwise", "mkldnn_linear"])
+def test_onednn_kernel_with_a_bias_matches_f_linear_by_either_call(monkeypatch, dense_call):
+    """oneDNN runs through the dense-in, dense-out ``_linear_pointwise`` where torch has it, else through
+    ``mkldnn_linear`` with conversions; both give F.linear's values, bias included, for any row count
+    (the weight is packed for 16 rows, a hint only)."""
+    from llmcal.backends import fast_linear
+
+    _need("onednn")
+    if dense_call and not fast_linear._pointwise_available():
+        pytest.skip("this torch build has no mkldnn._linear_pointwise")
+    monkeypatch.setattr(fast_linear, "_pointwise_available", lambda: dense_call)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(24, 40), torch.nn.Linear(40, 8, bias=False))
+    assert fast_linear.enable_packed(model, "onednn") == 2
+    try:
+        for rows in (1, 5, 16, 37):
+            x = torch.randn(rows, 24)
+            with torch.inference_mode():
+                got = model(x)
+                want = torch.nn.functional.linear(torch.nn.functional.linear(x, model[0].weight, model[0].bias),
+                                                  model[1].weight)
+            assert got.shape == (rows, 8) and got.layout == torch.strided
+            assert float((got - want).abs().max()) <= 1e-5
+    finally:
+        fast_linear.disable_onednn(model)

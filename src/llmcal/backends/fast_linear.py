@@ -5,8 +5,13 @@ the weight matrix anew on every call and, on some AMD CPUs, runs a generic
 kernel (96 GFLOP/s on the embedded model's shapes on a Zen 5 core, issue #17).
 Two kernels already inside torch's CPU build work on a weight packed once:
 
-* ``onednn``: oneDNN's blocked layout (``mkldnn_linear``), about twice the
-  default on that Zen 5 core;
+* ``onednn``: oneDNN's blocked layout, called through
+  ``torch.ops.mkldnn._linear_pointwise`` (the op torch's own inductor uses on a
+  frozen CPU graph), which reads and writes ordinary dense tensors, so no
+  layout conversion runs around it; about twice the default on that Zen 5 core.
+  ``mkldnn_linear``, which the first version called, needs the input converted
+  to oneDNN's tensor and the output back on every call: 7 % of MC scoring time
+  on a Zen 4 core, and 70 against 96-100 GFLOP/s on a 16-row decode step;
 * ``mkl``: MKL's packed GEMM (``torch.ops.mkl._mkl_linear`` on a weight from
   ``_mkl_reorder_linear_weight``), which skips the per-call packing: 1.65x the
   default on the 16-row decode shapes of an Intel Xeon core, where oneDNN
@@ -90,11 +95,20 @@ def kernel_available(kernel: str) -> bool:
     return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
+def _pointwise_available() -> bool:
+    """Whether this torch build has oneDNN's dense-in, dense-out linear (``mkldnn._linear_pointwise``)."""
+    import torch
+
+    return hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
+
+
 def _pack(kernel: str, w):
     """``w`` (out, in) packed once for ``kernel``: oneDNN's blocked tensor, or MKL's packed buffer."""
     import torch
 
     if kernel == "onednn":
+        if _pointwise_available():
+            return torch.ops.mkldnn._reorder_linear_weight(w, PROBE_ROWS)  # a hint only: any rows work
         return w.to_mkldnn()
     return torch.ops.mkl._mkl_reorder_linear_weight(w, PROBE_ROWS)  # packed for a 16-row call; any rows work
 
@@ -114,6 +128,8 @@ def _call(kernel: str, flat, packed_w, w, packed_b, b):
     import torch.nn.functional as F
 
     if kernel == "onednn":
+        if _pointwise_available():
+            return torch.ops.mkldnn._linear_pointwise(flat, packed_w, b, "none", [], "")  # dense (rows, out)
         return torch._C._nn.mkldnn_linear(flat.to_mkldnn(), packed_w, packed_b).to_dense()
     rows = flat.shape[0]
     if rows == PROBE_ROWS:
@@ -170,7 +186,8 @@ def enable_packed(model, kernel: str) -> int:
             m._llmcal_onednn = _Packed({
                 "kernel": kernel,
                 "weight": _pack(kernel, m.weight.detach()),  # (out, in), packed once
-                "bias": bias.to_mkldnn() if bias is not None and kernel == "onednn" else None,
+                "bias": bias.to_mkldnn() if bias is not None and kernel == "onednn" and not _pointwise_available()
+                else None,  # the dense-in op takes the layer's own bias
                 "version": m.weight._version,  # changed in place since packing: fall back
                 "ptr": m.weight.data_ptr(),  # replaced since packing: fall back
                 "bias_ptr": None if m.bias is None else m.bias.data_ptr(),
@@ -309,7 +326,8 @@ def _machine_key(model) -> str:
     except OSError:
         pass
     shapes = sorted({tuple(m.weight.shape) for m in _linears(model)})
-    return f"{cpu}|torch {torch.__version__}|threads {torch.get_num_threads()}|{shapes}"
+    onednn = "pointwise" if _pointwise_available() else "mkldnn_linear"  # timings of the other call are stale
+    return f"{cpu}|torch {torch.__version__}|threads {torch.get_num_threads()}|onednn {onednn}|{shapes}"
 
 
 def _read_probe_cache() -> dict[str, Any]:
