@@ -119,15 +119,16 @@ def items():
 
 def _backend(url: str, **kw) -> OpenAIBackend:
     kw.setdefault("retry", RetryPolicy(max_retries=2, base_delay=0.05, max_delay=0.1))
-    return load_backend("openai", base_url=url, model="smollm2", concurrency=2, timeout=60, **kw)
+    kw.setdefault("concurrency", 2)
+    return load_backend("openai", base_url=url, model="smollm2", timeout=60, **kw)
 
 
-def _compare(url, items, hf_backend, label):
+def _compare(url, items, hf_backend, label, **kw):
     from llmcal.tasks.prompts import build_request
 
     reqs = [build_request(it, "cloze") for it in items]
     hf = hf_backend.score_mc(reqs)
-    b = _backend(url)
+    b = _backend(url, **kw)
     t0 = time.perf_counter()
     api = b.score_mc(reqs)
     took = time.perf_counter() - t0
@@ -142,7 +143,10 @@ def _compare(url, items, hf_backend, label):
 
 @pytest.mark.slow
 def test_embedded_gguf_agrees_with_the_hf_backend(server, items, embedded_backend):
-    diff, agree, api, hf = _compare(server.url, items, embedded_backend, "llama.cpp Q4_1")
+    # one request at a time: two in flight are batched together by the server, and llama.cpp's
+    # numbers can then depend on the batching (the likely cause: under a loaded run one prediction of six
+    # flipped, max |dlogprob| 0.59, in two suites of sessions 8 and 9; alone it always agreed)
+    diff, agree, api, hf = _compare(server.url, items, embedded_backend, "llama.cpp Q4_1", concurrency=1)
     assert diff.max() < Q4_1_TOL and agree == 1.0
     assert all((a.is_greedy == h.is_greedy).all() for a, h in zip(api, hf))
 
