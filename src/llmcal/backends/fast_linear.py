@@ -53,6 +53,7 @@ exactness check, which depends on the weights, runs whenever oneDNN would be use
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -95,8 +96,11 @@ def kernel_available(kernel: str) -> bool:
     return bool(torch.backends.mkl.is_available()) and hasattr(torch.ops.mkl, "_mkl_reorder_linear_weight")
 
 
+@functools.cache
 def _pointwise_available() -> bool:
-    """Whether this torch build has oneDNN's dense-in, dense-out linear (``mkldnn._linear_pointwise``)."""
+    """Whether this torch build has oneDNN's dense-in, dense-out linear (``mkldnn._linear_pointwise``).
+
+    Asked on every linear call, so answered once per process (the build does not change)."""
     import torch
 
     return hasattr(torch.ops.mkldnn, "_linear_pointwise") and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")
