@@ -274,6 +274,11 @@ def test_cli_calibrate_from_prints_the_table_and_refuses_bad_input(tmp_path, cap
     out = capsys.readouterr().out
     assert "transferred temperature" in out and f"temperature + unlabeled ({DEFAULT_ESTIMATOR['mc']}" in out
     assert f"written: {tgt.path / 'transfer.json'}" in out
+    # every row's numbers start in the header's ECE column, however long the adapted row's label
+    table = [ln for ln in out.splitlines() if ln.startswith(("confidence", "constant", "raw ", "transferred ",
+                                                              "temperature + ", "isotonic + ", "in-task "))]
+    ece_col = table[0].index("ECE") + len("ECE")  # right-aligned: the column ends where "ECE" does
+    assert len(table) >= 6 and all(ln[ece_col - 1].isdigit() and ln[ece_col] == " " for ln in table[1:])
     res = json.loads((tgt.path / "transfer.json").read_text())
     assert res["adapt"] == "unlabeled" and set(res["adapted"]) == {"temperature", "isotonic"}
     assert not (tgt.path / "results.json").exists()  # --from leaves the target's own results alone

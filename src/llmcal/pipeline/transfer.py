@@ -282,10 +282,19 @@ def _fmt(x: Any) -> str:
 
 def transfer_table(res: Mapping[str, Any]) -> str:
     """A plain-text table of a ``transfer.json``: ECE [95% interval], Brier, AUROC, and the flag."""
-    lines = [f"{'confidence':<58} {'ECE':>6} {'95% interval':>15} {'Brier':>6} {'AUROC':>6}  vs constant",
-             "-" * 110]
-
-    def add(label: str, r: Mapping[str, Any], flag: bool = True) -> None:
+    rows: list[tuple[str, Mapping[str, Any], bool]] = []  # (label, metrics, flagged against the constant)
+    c = res["constant"]
+    rows.append((f"constant = source accuracy {c['confidence']:.3f}", c, False))
+    rows += [(f"raw {n}", r, False) for n, r in res["raw"].items()]
+    rows += [(f"transferred {n}", r, True) for n, r in res["transferred"].items()]
+    for n, r in res["adapted"].items():
+        a = r["adaptation"]
+        rows.append((f"{n} + unlabeled ({a.get('spec', a['estimator'])}, acc~{a['estimated_accuracy']:.2f})", r, True))
+    rows += [(f"in-task {n} (target's own labels)", r, False) for n, r in res["in_task"].items()]
+    width = max(len("confidence"), *(len(label) for label, _, _ in rows))  # the longest label sets the column
+    header = f"{'confidence':<{width}} {'ECE':>6} {'95% interval':>15} {'Brier':>6} {'AUROC':>6}  vs constant"
+    lines = [header, "-" * (len(header) + 27)]  # room for the longest verdict
+    for label, r, flag in rows:
         ci = (r.get("ci95") or {}).get("ece")
         ci_txt = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci and ci[0] is not None else ""
         verdict = ""
@@ -294,20 +303,8 @@ def transfer_table(res: Mapping[str, Any]) -> str:
                 m for m, k in (("ECE", "beats_constant_ece"), ("Brier", "beats_constant_brier")) if not r.get(k))
             if r.get("interval_spans_constant"):
                 verdict += " (ECE: too few items to tell)"
-        lines.append(f"{label:<58} {_fmt(r.get('ece')):>6} {ci_txt:>15} {_fmt(r.get('brier')):>6} "
+        lines.append(f"{label:<{width}} {_fmt(r.get('ece')):>6} {ci_txt:>15} {_fmt(r.get('brier')):>6} "
                      f"{_fmt(r.get('auroc')):>6}  {verdict}")
-
-    c = res["constant"]
-    add(f"constant = source accuracy {c['confidence']:.3f}", c, flag=False)
-    for n, r in res["raw"].items():
-        add(f"raw {n}", r, flag=False)
-    for n, r in res["transferred"].items():
-        add(f"transferred {n}", r)
-    for n, r in res["adapted"].items():
-        a = r["adaptation"]
-        add(f"{n} + unlabeled ({a.get('spec', a['estimator'])}, acc~{a['estimated_accuracy']:.2f})", r)
-    for n, r in res["in_task"].items():
-        add(f"in-task {n} (target's own labels)", r, flag=False)
     for n, e in res.get("in_task_errors", {}).items():
         lines.append(f"in-task {n}: not fitted ({e})")
     shift = res.get("shift")
