@@ -412,3 +412,15 @@ def test_transfer_reports_the_shift_of_the_target_questions(tmp_path):
     # the same questions on both sides: the classifier cannot tell them apart
     assert res["shift"]["method"] == "domain_classifier" and res["shift"]["auroc"] == pytest.approx(0.5)
     assert "shift: " in transfer_table(res) and "look like the calibration data" in transfer_table(res)
+
+
+def test_calibrate_help_names_the_default_estimators():
+    """The --estimator help states the defaults the code uses (it once named a default two versions old)."""
+    from llmcal.cli.main import build_parser
+    from llmcal.pipeline.transfer import DEFAULT_ESTIMATOR
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command" or getattr(a, "choices", None))
+    calibrate = sub.choices["calibrate"]
+    text = " ".join(calibrate.format_help().split())
+    assert f"{DEFAULT_ESTIMATOR['mc']} for multiple choice" in text
+    assert f"{DEFAULT_ESTIMATOR['open']} for free-form answers" in text

@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --from: also rescale the calibration to RUN_DIR's accuracy estimated from its "
                         "questions without their answers (ATC, Garg et al. 2022)")
     g.add_argument("--estimator", default=None,
-                   help="with --adapt unlabeled: the accuracy estimator, atc or doc, optionally @SIGNAL to read "
-                        "Platt on SIGNAL instead of each calibration (default: llmcal.pipeline.transfer's "
-                        "DEFAULT_ESTIMATOR, chosen by leave-one-task-out)")
+                   help="with --adapt unlabeled: the accuracy estimator, atc, doc or atc_prior (ATC halfway to the "
+                        "source accuracy), optionally @SIGNAL to read Platt on SIGNAL instead of each "
+                        "calibration (default: atc_prior@option_prob_norm for multiple choice, doc for "
+                        "free-form answers; chosen by leave-one-task-out, docs/transfer.md)")
     p.add_argument("--quiet", action="store_true")
 
     p = sub.add_parser("report", help="write report.html of a calibrated run folder")
