@@ -50,9 +50,14 @@ def test_run_config_takes_lm_eval_strings_or_lists():
 
 
 @pytest.mark.slow
-def test_api_run_gives_exactly_the_numbers_of_the_cli(tmp_path):
+def test_api_run_gives_exactly_the_numbers_of_the_cli(tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from llmcal.cli.main import main
+
+    # A private cache for the matmul speed probe: the API run measures it and the CLI run reads
+    # those timings back, so both choose the same kernel. With the shared cache another test in a
+    # parallel suite could re-time it in between, and under load choose another kernel.
+    monkeypatch.setenv("LLMCAL_CACHE_DIR", str(tmp_path / "cache"))
 
     r = llmcal.run(llmcal.RunConfig(tasks=["builtin"], limit=40, output_path=str(tmp_path / "x")))
     assert main(["run", "--tasks", "builtin", "--limit", "40", "--output_path", str(tmp_path / "y"), "--quiet"]) == 0
