@@ -28,6 +28,17 @@ def test_help_lists_subcommands(capsys):
         assert cmd in text
 
 
+def test_calibrators_help_names_every_registered_calibrator(capsys):
+    from llmcal.calibrators import CALIBRATORS
+
+    for cmd in ("run", "calibrate"):
+        with pytest.raises(SystemExit):
+            main([cmd, "--help"])
+        text = " ".join(capsys.readouterr().out.split())  # argparse wraps the help text
+        listed = text.rsplit("--calibrators CALIBRATORS", 1)[1].split("(default", 1)[0]
+        assert [name for name in CALIBRATORS if name not in listed.replace(",", " ").split()] == [], cmd
+
+
 def test_model_args_parsing():
     assert parse_model_args("pretrained=a/b,dtype=bfloat16,trust_remote_code=True,max_tokens=512") == {
         "pretrained": "a/b", "dtype": "bfloat16", "trust_remote_code": True, "max_tokens": 512}

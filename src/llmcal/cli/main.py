@@ -92,8 +92,9 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calibrators", default=None,
-                   help="comma-separated: temperature,platt,isotonic,histogram,beta (default: temperature for "
-                        "multiple choice, platt for free-form answers); the first that fits is the one used")
+                   help="comma-separated: temperature, temperature_norm, platt, platt_chance, isotonic, histogram, beta "
+                        "(default: temperature for multiple choice, platt for free-form answers); the first "
+                        "that fits is the one used")
     g.add_argument("--signal", default=None,
                    help="the confidence signal to calibrate (default: option_prob for multiple choice, "
                         "mean_token_prob for free-form answers; see `llmcal signals`); auto: chosen on the "
