@@ -91,6 +91,8 @@ def _add_measure_args(p: argparse.ArgumentParser) -> None:
 
 def _add_calibrate_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
+    # The names are written out, not read from llmcal.calibrators.CALIBRATORS: importing the registry pulls
+    # numpy and scipy into every CLI start-up, --help included; tests/test_cli.py checks the list against it.
     g.add_argument("--calibrators", default=None,
                    help="comma-separated: temperature, temperature_norm, platt, platt_chance, isotonic, histogram, beta "
                         "(default: temperature for multiple choice, platt for free-form answers); the first "
